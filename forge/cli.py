@@ -1,0 +1,243 @@
+"""The `forge` command line. Exit codes: 0 ready / ok, 1 not ready, 2 bad input or usage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from forge import __version__
+from forge.errors import InputError
+
+EXIT_READY, EXIT_NOT_READY, EXIT_BAD_INPUT = 0, 1, 2
+
+app = typer.Typer(
+    name="forge",
+    help="Forge: production readiness and observability for LLM inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+readiness_app = typer.Typer(help="Grade a deployment on the 8-dimension Forge readiness framework.",
+                            no_args_is_help=True)
+app.add_typer(readiness_app, name="readiness")
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+    html = "html"
+    sarif = "sarif"
+    junit = "junit"
+
+
+class FailOn(str, Enum):
+    fail = "fail"
+    warn = "warn"
+
+
+def _err(message: str) -> None:
+    """One line per problem on stderr, never a traceback."""
+    sys.stderr.write(f"forge: error: {message}\n")
+
+
+def _write_output(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    if output.is_dir():
+        raise InputError(f"--output {output}: is a directory — give a file path, e.g. {output}/report.html")
+    if not output.parent.exists():
+        output.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename: an interrupted run never leaves half a report where the last good one was.
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(output)
+
+
+def _expand(files: list[Path]) -> list[Path]:
+    """Files stay files; a directory stands for every deploy file (kind: InferenceDeployment) under it (a fleet)."""
+    out: list[Path] = []
+    for f in files:
+        if f.is_dir():
+            found = sorted(
+                p for p in f.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+                and "kind: InferenceDeployment" in p.read_text(encoding="utf-8", errors="replace")[:20_000]
+            )
+            if not found:
+                raise InputError(f"{f}: is a directory with no deploy.yaml (kind: InferenceDeployment) under it — "
+                                 "pass a deploy.yaml file")
+            out.extend(found)
+        else:
+            out.append(f)
+    return out
+
+
+@readiness_app.command("assess")
+def assess_cmd(
+    files: Annotated[list[Path], typer.Argument(help="deploy.yaml file(s), or a directory of them (a fleet).")],
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report here, not stdout.")] = None,
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 on a not_ready verdict (fail) or on any "
+                                            "open warning too (warn).")] = FailOn.fail,
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Assess as of this date (YYYY-MM-DD): waiver "
+                                                 "expiry and recency checks.")] = None,
+) -> None:
+    """Grade deploy.yaml file(s); exit 0 ready, 1 not ready, 2 bad input."""
+    from forge.readiness.assess import assess_file
+
+    try:
+        day = dt.date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        _err(f"--as-of {as_of!r}: not a date — use YYYY-MM-DD")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    try:
+        paths = _expand(files)
+    except InputError as exc:
+        for m in exc.messages:
+            _err(m)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    assessments, bad = [], False
+    for p in paths:
+        try:
+            assessments.append(assess_file(p, day))
+        except InputError as exc:
+            bad = True
+            for m in exc.messages:
+                _err(m)
+    if assessments:
+        from forge.readiness.reports import print_table, render
+
+        try:
+            if format is Format.table and output is None:
+                from rich.console import Console
+
+                print_table(assessments, Console())
+            else:
+                _write_output(render(assessments, format.value, fail_on=fail_on.value), output)
+        except InputError as exc:
+            for m in exc.messages:
+                _err(m)
+            raise typer.Exit(EXIT_BAD_INPUT)
+        except OSError as exc:
+            _err(f"--output {output}: {exc.strerror} — choose a writable path")
+            raise typer.Exit(EXIT_BAD_INPUT)
+    if bad:
+        raise typer.Exit(EXIT_BAD_INPUT)
+    not_ready = any(a.verdict == "not_ready" for a in assessments)
+    if fail_on is FailOn.warn:
+        not_ready = not_ready or any(a.open_findings for a in assessments)
+    raise typer.Exit(EXIT_NOT_READY if not_ready else EXIT_READY)
+
+
+@readiness_app.command("checks")
+def checks_cmd(
+    format: Annotated[str, typer.Option("--format", "-f", help="table or json")] = "table",
+    dimension: Annotated[Optional[str], typer.Option("--dimension", "-d", help="Only this dimension.")] = None,
+) -> None:
+    """List every readiness check."""
+    from forge.readiness.registry import all_checks
+    from forge.readiness.result import DIMENSIONS
+
+    if format not in ("table", "json"):
+        _err(f"--format {format!r}: use table or json")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if dimension is not None and dimension not in DIMENSIONS:
+        _err(f"--dimension {dimension!r}: unknown — use one of {', '.join(DIMENSIONS)}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    checks = [c for c in all_checks().values() if dimension in (None, c.dimension)]
+    if format == "json":
+        sys.stdout.write(json.dumps([c.to_dict() for c in checks], indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Forge readiness checks ({len(checks)})", show_lines=False)
+    for col in ("id", "dimension", "severity", "title"):
+        table.add_column(col)
+    for c in checks:
+        table.add_row(c.id, c.dimension, c.severity, c.title)
+    Console().print(table)
+
+
+@readiness_app.command("explain")
+def explain_cmd(check_id: Annotated[str, typer.Argument(help="Check id, e.g. REL-004.")]) -> None:
+    """Show one check: why it matters and how to fix it."""
+    import difflib
+
+    from forge.readiness.registry import all_checks
+
+    checks = all_checks()
+    c = checks.get(check_id.upper())
+    if c is None:
+        close = difflib.get_close_matches(check_id.upper(), list(checks), n=3, cutoff=0.5)
+        hint = f" — did you mean {', '.join(close)}?" if close else " — see `forge readiness checks`"
+        _err(f"unknown check {check_id!r}{hint}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    from rich.console import Console
+    from rich.panel import Panel
+
+    body = (f"[bold]{c.title}[/bold]\n\n[dim]dimension[/dim] {c.dimension}   [dim]severity[/dim] {c.severity}   "
+            f"[dim]deploy.yaml[/dim] {c.path or '(whole file)'}\n\n[bold]Why[/bold]\n{c.rationale}\n\n"
+            f"[bold]Fix[/bold]\n{c.remediation}")
+    Console().print(Panel(body, title=c.id, expand=False))
+
+
+@readiness_app.command("schema")
+def schema_cmd(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print the JSON Schema of deploy.yaml (committed at readiness/deploy.schema.json)."""
+    from forge.schema import json_schema
+
+    try:
+        _write_output(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n", output)
+    except InputError as exc:
+        _err(exc.messages[0])
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command("version")
+def version_cmd() -> None:
+    """Print Forge's version."""
+    sys.stdout.write(f"forge {__version__}\n")
+
+
+def _mount_optional_subapps() -> None:
+    """Subsystems that bring their own CLI; mounted here so `forge --help` lists them."""
+    import importlib
+
+    for module, name in (("forge.catalog_cli", "catalog"), ("forge.readiness.capacity_cli", "capacity"),
+                         ("forge.reference_stack.cli", "stack")):
+        try:
+            sub = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.add_typer(sub.app, name=name)
+
+
+def main() -> None:
+    _mount_optional_subapps()
+    try:
+        app()
+    except InputError as exc:
+        for m in exc.messages:
+            _err(m)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

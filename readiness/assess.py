@@ -1,0 +1,120 @@
+"""Run every registered check against one deploy.yaml and grade it: deploy.yaml → model → checks → report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from forge import __version__
+from forge.errors import InputError
+from forge.loader import LoadedDeployment, load
+from forge.readiness.registry import Check, Outcome, all_checks
+from forge.readiness.result import DIMENSIONS, Assessment, Finding
+from forge.readiness.scoring import score_dimension, verdict
+from forge.schema import Deployment
+
+_SECRET_KEY = re.compile(r"(^|_)(secret|password|passwd|api_?key|apikey|credentials?|private_key|auth_token|access_token|bearer)($|_)", re.I)
+_SECRET_VALUE = re.compile(
+    r"(sk-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|ghp_[A-Za-z0-9]{20,}|hf_[A-Za-z0-9]{20,}|xox[abp]-[A-Za-z0-9-]{10,}"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----|Bearer\s+[A-Za-z0-9._~+/-]{16,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.)"
+)
+REDACTED = "***redacted***"
+
+
+def looks_secret(key: str, value: Any) -> bool:
+    return isinstance(value, str) and bool(_SECRET_KEY.search(key) or _SECRET_VALUE.search(value))
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """Secrets never reach a report or a log: mask secret-named keys and secret-shaped strings."""
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v, key) for v in value]
+    if looks_secret(key, value):
+        return REDACTED
+    return value
+
+
+@dataclass
+class CheckContext:
+    """What a check may look at: the validated deployment, the capacity model and the assessment date."""
+
+    loaded: LoadedDeployment
+    as_of: dt.date
+    _capacity_error: str | None = field(default=None, init=False)
+
+    @property
+    def d(self) -> Deployment:
+        return self.loaded.deployment
+
+    @property
+    def base_dir(self) -> Path:
+        return self.loaded.path.parent
+
+    @cached_property
+    def capacity(self) -> Any | None:
+        """The capacity & cost model's estimate, or None (with `capacity_error` set) when it can't be computed."""
+        from forge.readiness.capacity import estimate
+
+        try:
+            return estimate(self.d, self.base_dir)
+        except InputError as exc:
+            self._capacity_error = "; ".join(exc.messages)
+            return None
+
+    @property
+    def capacity_error(self) -> str | None:
+        _ = self.capacity
+        return self._capacity_error
+
+    def days_since(self, day: dt.date) -> int:
+        return (self.as_of - day).days
+
+
+def _finding(check: Check, outcome: Outcome, loaded: LoadedDeployment) -> Finding:
+    path = outcome.path if outcome.path is not None else check.path
+    line, column = loaded.lines.locate(path)
+    return Finding(
+        check=check.id, dimension=check.dimension, severity=check.severity, status=outcome.status,
+        title=check.title, message=redact(outcome.message) if looks_secret("", outcome.message) else outcome.message,
+        evidence=redact(outcome.evidence), remediation=check.remediation, path=path, line=line, column=column,
+        basis=outcome.basis,
+    )
+
+
+def apply_waivers(findings: list[Finding], deployment: Deployment, as_of: dt.date) -> None:
+    """An unexpired waiver with a reason turns an open finding into `waived` (expired ones are OPS findings)."""
+    active = {w.check: w for w in deployment.waivers if w.expires >= as_of}
+    for f in findings:
+        w = active.get(f.check)
+        if w is not None and f.status in ("fail", "warn"):
+            f.status = "waived"
+            f.waiver = {"reason": w.reason, "expires": w.expires.isoformat()}
+
+
+def assess_loaded(loaded: LoadedDeployment, as_of: dt.date | None = None) -> Assessment:
+    ctx = CheckContext(loaded, as_of or dt.date.today())
+    findings: list[Finding] = []
+    for check in all_checks().values():
+        outcome = check.func(ctx)
+        if outcome is None:
+            outcome = Outcome("pass", "ok")
+        findings.append(_finding(check, outcome, loaded))
+    apply_waivers(findings, loaded.deployment, ctx.as_of)
+    dimensions = [score_dimension(dim, findings) for dim in DIMENSIONS]
+    result, total, reasons = verdict(dimensions, findings)
+    capacity = ctx.capacity
+    return Assessment(
+        forge_version=__version__, file=str(loaded.path), deployment=loaded.deployment.metadata.name,
+        verdict=result, score=total, dimensions=dimensions, findings=findings, as_of=ctx.as_of.isoformat(),
+        verdict_reasons=reasons, capacity=capacity.to_dict() if capacity is not None else {},
+    )
+
+
+def assess_file(path: str | Path, as_of: dt.date | None = None) -> Assessment:
+    return assess_loaded(load(path), as_of)

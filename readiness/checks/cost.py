@@ -1,0 +1,130 @@
+"""Dimension 6 — cost & efficiency at 1×/3×/10× traffic: metered, right-sized, using the cheap wins."""
+
+from __future__ import annotations
+
+from forge.readiness.checks import _sections as s
+from forge.readiness.registry import check, not_applicable, passed, violated
+
+IDLE_WASTE_THRESHOLD = 0.5   # more than half the provisioned GPU-hours idle over a day is waste
+PREFIX_HIT_WORTH_IT = 0.2    # above this expected hit rate, prefix caching pays for itself
+
+
+@check("COST-001", "cost", "high", "GPU spend is metered per team and cost center",
+       rationale="""On shared GPU infrastructure, spend nobody can attribute is spend nobody reduces; chargeback
+       needs owner labels on every series.""",
+       remediation="Set metadata.team and metadata.cost_center (exported as labels on every Forge metric).",
+       path="metadata")
+def metering(ctx):
+    missing = [k for k in ("team", "cost_center") if not getattr(ctx.d.metadata, k)]
+    if missing:
+        return violated(f"no chargeback labels: {', '.join('metadata.' + m for m in missing)}", missing=missing)
+    return passed(f"metered to {ctx.d.metadata.team} / {ctx.d.metadata.cost_center}")
+
+
+@check("COST-002", "cost", "medium", "Replicas are not sized on peak",
+       rationale="""Holding peak capacity all day when the median is a fraction of it leaves most GPU-hours idle.
+       Size the floor on p95 + headroom and autoscale to peak.""",
+       remediation="""Lower hardware.replicas.min to the p95-with-headroom figure and autoscale up to the peak
+       figure (hardware.replicas.max).""",
+       path="hardware.replicas.min")
+def not_sized_on_peak(ctx):
+    cap = ctx.capacity
+    point = next((p for p in cap.growth if abs(p.multiplier - 1.0) < 1e-9), None) if cap else None
+    if point is None or ctx.d.hardware.replicas is None or point.idle_gpu_hours_per_day is None:
+        return not_applicable("needs replicas, traffic and the capacity model")
+    provisioned = ctx.d.hardware.replicas.min * ctx.d.hardware.gpus_per_replica * 24
+    idle = point.idle_gpu_hours_per_day
+    ratio = idle / provisioned if provisioned else 0.0
+    ev = {"idle_gpu_hours_per_day": round(idle, 1), "provisioned_gpu_hours_per_day": provisioned,
+          "idle_ratio": round(ratio, 2)}
+    if ratio > IDLE_WASTE_THRESHOLD:
+        return violated(f"{ratio:.0%} of the floor's GPU-hours are idle over a day", **ev)
+    return passed(f"{ratio:.0%} idle GPU-hours", **ev)
+
+
+@check("COST-003", "cost", "medium", "Prefix caching is on where traffic shares prefixes",
+       rationale="""System prompts, few-shot examples and multi-turn history repeat across requests; prefix
+       caching skips their prefill. With a high expected hit rate, leaving it off pays for the same prefill
+       again and again (and raises TTFT).""",
+       remediation="Set engine.args.enable_prefix_caching: true (vLLM V1 enables it by default).",
+       path="engine.args.enable_prefix_caching")
+def prefix_caching(ctx):
+    rate = s.traffic(ctx).prefix_cache_hit_rate
+    if rate is None or rate < PREFIX_HIT_WORTH_IT:
+        return not_applicable("little shared prefix expected")
+    if ctx.d.engine.args.enable_prefix_caching is False:
+        return violated(f"prefix caching off while {rate:.0%} of prompt tokens are expected to hit",
+                        prefix_cache_hit_rate=rate)
+    return passed("prefix caching on", prefix_cache_hit_rate=rate)
+
+
+@check("COST-004", "cost", "medium", "10× traffic stays within budget",
+       rationale="""Growth multiplies GPU spend; if 10× traffic costs more than the budget allows, the time to
+       find out is before the launch, not on the invoice.""",
+       remediation="""Set metadata.labels.budget_usd_month and review the 10× cost: quantize, enable prefix
+       caching, or negotiate reserved capacity.""",
+       path="metadata.labels")
+def budget(ctx):
+    budget = ctx.d.metadata.labels.get("budget_usd_month")
+    cap = ctx.capacity
+    point = next((p for p in cap.growth if abs(p.multiplier - 10.0) < 1e-9), None) if cap else None
+    if budget is None:
+        return violated("no budget declared (metadata.labels.budget_usd_month)", warn=True)
+    try:
+        limit = float(budget)
+    except ValueError:
+        return violated(f"budget_usd_month '{budget}' is not a number", warn=True)
+    if point is None or point.cost_per_hour is None:
+        return not_applicable("needs traffic, SLO and the capacity model")
+    monthly = point.cost_per_hour * 730
+    ev = {"cost_usd_month_10x": round(monthly), "budget_usd_month": limit}
+    if monthly > limit:
+        return violated(f"10× traffic costs ${monthly:,.0f}/month, over the ${limit:,.0f} budget", warn=True, **ev)
+    return passed(f"10× traffic ${monthly:,.0f}/month within budget", **ev)
+
+
+@check("COST-005", "cost", "medium", "Autoscaling follows traffic",
+       rationale="""A fixed replica count (min == max) pays for peak all day or misses the peak; LLM traffic is
+       diurnal.""",
+       remediation="Give hardware.replicas a range (min for p95 + headroom, max for peak × growth).",
+       path="hardware.replicas")
+def autoscaling(ctx):
+    replicas = ctx.d.hardware.replicas
+    rps = s.traffic(ctx).requests_per_second
+    if replicas is None:
+        return violated("no replica range declared", "hardware")
+    if replicas.min == replicas.max and rps is not None and rps.peak > 2 * max(rps.p50, 1e-9):
+        return violated(f"fixed at {replicas.min} replicas while peak is {rps.peak / max(rps.p50, 1e-9):.1f}× the "
+                        "median", warn=True, replicas=replicas.min)
+    return passed(f"replicas {replicas.min}–{replicas.max}")
+
+
+@check("COST-006", "cost", "low", "KV cache uses FP8 on GPUs that support it",
+       rationale="""An FP8 KV cache halves KV bytes per token: twice the concurrent sequences per GPU for a small,
+       measurable accuracy cost (run an eval).""",
+       remediation="Set engine.args.kv_cache_dtype: fp8 and cover it in correctness.eval.",
+       path="engine.args.kv_cache_dtype")
+def fp8_kv(ctx):
+    from forge.hardware import get
+
+    gpu = get(ctx.d.hardware.gpu)
+    if not gpu.supports("fp8") or ctx.d.hardware.gpu == "CPU":
+        return not_applicable(f"{gpu.id} has no FP8")
+    if not ctx.d.engine.args.kv_cache_dtype.startswith("fp8"):
+        return violated(f"{gpu.id} supports FP8 but the KV cache is {ctx.d.engine.args.kv_cache_dtype}", warn=True)
+    return passed("FP8 KV cache")
+
+
+@check("COST-007", "cost", "medium", "Spot savings survive interruptions",
+       rationale="""Spot is cheap until reclaims force re-prefill of interrupted requests and cold starts of
+       replacement replicas; prod on spot-only has no floor when a zone is reclaimed.""",
+       remediation="""Keep the N+1 floor on on-demand or reserved capacity and put only burst capacity on spot,
+       with a drain agent (REL-001).""",
+       path="hardware.capacity")
+def spot_floor(ctx):
+    if ctx.d.hardware.capacity != "spot":
+        return not_applicable("not on spot")
+    if s.is_prod(ctx):
+        return violated("production floor on spot capacity only", warn=True, capacity="spot",
+                        environment=ctx.d.metadata.environment)
+    return passed("spot used outside production")

@@ -1,0 +1,191 @@
+"""Dimension 2 — performance & capacity: the model fits, the longest request fits, the SLO holds at 1×."""
+
+from __future__ import annotations
+
+from forge.readiness.checks import _sections as s
+from forge.readiness.registry import check, not_applicable, passed, violated
+
+GiB = 1024**3
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+def _growth(ctx, multiplier: float):
+    cap = ctx.capacity
+    if cap is None:
+        return None
+    for point in cap.growth:
+        if abs(point.multiplier - multiplier) < 1e-9:
+            return point
+    return None
+
+
+@check("PERF-001", "performance", "critical", "The model fits in GPU memory",
+       rationale="""Weights plus activations and the runtime reserve must fit in the memory vLLM may use
+       (gpu_memory_utilization × HBM), with room left for a useful KV cache; otherwise the engine refuses to
+       start or runs with a KV cache too small to batch.""",
+       remediation="""Raise tensor_parallel_size (more GPUs per replica), quantize the weights (FP8 / INT4 with an
+       accuracy eval), or pick a GPU with more memory.""",
+       path="hardware.gpu")
+def model_fits(ctx):
+    cap = ctx.capacity
+    if cap is None:
+        return not_applicable("model geometry unknown (see COR-007)")
+    ev = {"weights_bytes_per_gpu": cap.weights_bytes_per_gpu, "kv_cache_bytes_per_gpu": cap.kv_cache_bytes_per_gpu,
+          "gpu": ctx.d.hardware.gpu, "tensor_parallel_size": ctx.d.engine.args.tensor_parallel_size}
+    if not cap.fits:
+        return violated(f"does not fit: {cap.fit_reason}", **ev)
+    return passed(f"weights {_gib(cap.weights_bytes_per_gpu)} per GPU, KV cache {_gib(cap.kv_cache_bytes_per_gpu)} "
+                  "per GPU", **ev)
+
+
+@check("PERF-002", "performance", "critical", "The longest request fits in one replica's KV cache",
+       rationale="""One long-tail request (say a 128k-token document) needs its whole context in KV cache at
+       once. If a replica's KV cache can't hold it, that request fails or preempts everything else, however
+       rare it is.""",
+       remediation="""Lower model.max_model_len (and reject longer prompts), use an FP8 KV cache, add GPUs per
+       replica, or route long-context requests to a dedicated pool.""",
+       path="model.max_model_len")
+def longest_request_fits(ctx):
+    cap = ctx.capacity
+    if cap is None or not cap.fits:
+        return not_applicable("capacity unknown or model does not fit (see PERF-001)")
+    t = s.traffic(ctx)
+    candidates = []
+    if ctx.d.model.max_model_len:
+        candidates.append(("model.max_model_len", ctx.d.model.max_model_len))
+    if t.prompt_tokens and t.output_tokens:
+        candidates.append(("traffic.prompt_tokens.max", t.prompt_tokens.max + t.output_tokens.max))
+    elif t.prompt_tokens:
+        candidates.append(("traffic.prompt_tokens.max", t.prompt_tokens.max))
+    if not candidates:
+        return violated("neither model.max_model_len nor traffic.prompt_tokens.max is declared: the longest "
+                        "request is unbounded", "model", warn=True)
+    path, longest = max(candidates, key=lambda c: c[1])
+    ev = {"longest_request_tokens": longest, "kv_tokens_per_replica": cap.kv_tokens_per_replica}
+    if longest > cap.kv_tokens_per_replica:
+        return violated(f"a {longest:,}-token request needs more KV cache than one replica has "
+                        f"({cap.kv_tokens_per_replica:,} tokens)", path, **ev)
+    return passed(f"longest request {longest:,} tokens of {cap.kv_tokens_per_replica:,} KV tokens", path, **ev)
+
+
+@check("PERF-003", "performance", "high", "Latency SLOs are declared",
+       rationale="""Capacity is only meaningful against a latency target: TTFT and inter-token latency p95
+       decide how many requests a replica may batch.""",
+       remediation="Declare slo.ttft_p95_seconds and slo.itl_p95_seconds (and availability).",
+       path="slo")
+def slo_declared(ctx):
+    slo = s.slo(ctx)
+    missing = [k for k in ("ttft_p95_seconds", "itl_p95_seconds") if getattr(slo, k) is None]
+    if missing:
+        return violated(f"missing SLO: {', '.join('slo.' + m for m in missing)}", missing=missing)
+    return passed(f"TTFT p95 ≤ {slo.ttft_p95_seconds}s, ITL p95 ≤ {slo.itl_p95_seconds}s")
+
+
+@check("PERF-004", "performance", "high", "Traffic is described (rate and token shapes)",
+       rationale="""Without request rates (p50/p95/peak) and prompt/output token distributions there is no way
+       to size replicas, and sizing defaults to hope.""",
+       remediation="""Declare traffic.requests_per_second {p50, p95, peak}, traffic.prompt_tokens and
+       traffic.output_tokens {p50, p95, max} from production logs or a replayed trace.""",
+       path="traffic")
+def traffic_declared(ctx):
+    t = s.traffic(ctx)
+    missing = [k for k in ("requests_per_second", "prompt_tokens", "output_tokens") if getattr(t, k) is None]
+    if missing:
+        return violated(f"missing traffic profile: {', '.join('traffic.' + m for m in missing)}", missing=missing)
+    return passed("traffic profile declared")
+
+
+@check("PERF-005", "performance", "high", "The SLO is feasible at today's traffic (1×)",
+       rationale="""If even the declared replica count can't meet TTFT/ITL p95 at today's traffic, the
+       deployment starts out of SLO.""",
+       remediation="""Add replicas (hardware.replicas.max), shorten prompts with prefix caching, use a faster
+       GPU or quantization, or renegotiate the SLO.""",
+       path="slo")
+def slo_feasible(ctx):
+    point = _growth(ctx, 1.0)
+    slo = s.slo(ctx)
+    if point is None or slo.ttft_p95_seconds is None or slo.itl_p95_seconds is None:
+        return not_applicable("needs the capacity model, traffic and SLO")
+    ev = {"ttft_p95_seconds_predicted": point.ttft_p95_seconds, "itl_p95_seconds_predicted": point.itl_p95_seconds,
+          "ttft_p95_slo": slo.ttft_p95_seconds, "itl_p95_slo": slo.itl_p95_seconds,
+          "replicas_needed": point.replicas_needed}
+    if point.replicas_needed is None:
+        return violated("no replica count meets the SLO at 1×: a single request already misses it", **ev)
+    available = ctx.d.hardware.replicas.max if ctx.d.hardware.replicas else None
+    if available is not None and point.replicas_needed > available:
+        return violated(f"1× traffic needs {point.replicas_needed} replicas to meet the SLO, replicas.max is "
+                        f"{available}", "hardware.replicas.max", **ev)
+    return passed(f"SLO met at 1× with {point.replicas_needed} replica(s)", **ev)
+
+
+@check("PERF-006", "performance", "medium", "KV cache holds max_num_seqs sequences of typical size",
+       rationale="""When max_num_seqs sequences of p95 length don't fit in the KV cache, vLLM preempts running
+       sequences (recompute or swap) under load: latency spikes and wasted GPU time.""",
+       remediation="""Lower engine.args.max_num_seqs to what the KV cache holds, or enlarge the KV cache
+       (gpu_memory_utilization, FP8 KV, more GPUs per replica).""",
+       path="engine.args.max_num_seqs")
+def kv_holds_batch(ctx):
+    cap = ctx.capacity
+    max_seqs = ctx.d.engine.args.max_num_seqs
+    if cap is None or not cap.fits or cap.max_concurrent_sequences is None:
+        return not_applicable("needs the capacity model and a traffic shape")
+    if max_seqs is None:
+        return violated(f"max_num_seqs not set; the KV cache holds ~{cap.max_concurrent_sequences} p95-size "
+                        "sequences", warn=True, max_concurrent_sequences=cap.max_concurrent_sequences)
+    ev = {"max_num_seqs": max_seqs, "max_concurrent_sequences": cap.max_concurrent_sequences}
+    if max_seqs > cap.max_concurrent_sequences:
+        return violated(f"max_num_seqs {max_seqs} but the KV cache holds only {cap.max_concurrent_sequences} "
+                        "p95-size sequences: expect preemptions under load", **ev)
+    return passed(f"KV cache holds {cap.max_concurrent_sequences} p95-size sequences ≥ max_num_seqs", **ev)
+
+
+@check("PERF-007", "performance", "medium", "Chunked prefill is on for long prompts",
+       rationale="""Without chunked prefill a long prompt's prefill runs as one step and stalls every decoding
+       sequence in the batch: inter-token latency spikes for everyone.""",
+       remediation="Set engine.args.enable_chunked_prefill: true (and tune max_num_batched_tokens).",
+       path="engine.args.enable_chunked_prefill")
+def chunked_prefill(ctx):
+    t = s.traffic(ctx)
+    if ctx.d.engine.name != "vllm" and ctx.d.engine.name != "sglang":
+        return not_applicable("engine schedules prefill its own way")
+    if t.prompt_tokens is None or t.prompt_tokens.p95 < 4096:
+        return not_applicable("prompts are short")
+    if ctx.d.engine.args.enable_chunked_prefill is False:
+        return violated(f"p95 prompt is {t.prompt_tokens.p95:,} tokens and chunked prefill is off",
+                        prompt_tokens_p95=t.prompt_tokens.p95)
+    return passed("chunked prefill on (or engine default)")
+
+
+@check("PERF-008", "performance", "medium", "Capacity is validated by replayed load, not only predicted",
+       rationale="""Models and vendor numbers are a starting point; the framework asks for capacity validated on
+       realistic traffic replay.""",
+       remediation="""Run `forge load run` (or vllm bench serve / GuideLLM) at 1× and 3× and list the results in
+       evidence.load_results.""",
+       path="evidence.load_results")
+def load_validated(ctx):
+    ev = s.evidence(ctx)
+    if not ev.load_results:
+        return violated("no load test results in evidence.load_results", warn=True)
+    missing = [p for p in ev.load_results if not (ctx.base_dir / p).exists()]
+    if missing:
+        return violated(f"load results not found: {', '.join(missing)}", missing=missing)
+    return passed(f"{len(ev.load_results)} load result file(s)", files=ev.load_results)
+
+
+@check("PERF-009", "performance", "high", "There is headroom for 3× traffic",
+       rationale="""Traffic to LLM features grows in steps (a launch, a new client). Without room to scale to
+       3× the declared traffic, growth becomes an incident.""",
+       remediation="Raise hardware.replicas.max to the replicas the capacity model gives for 3× (shown here).",
+       path="hardware.replicas.max")
+def headroom_3x(ctx):
+    point = _growth(ctx, 3.0)
+    if point is None or point.replicas_needed is None or ctx.d.hardware.replicas is None:
+        return not_applicable("needs replicas, traffic, SLO and a 3× growth point")
+    ev = {"replicas_max": ctx.d.hardware.replicas.max, "replicas_needed_3x": point.replicas_needed}
+    if point.replicas_needed > ctx.d.hardware.replicas.max:
+        return violated(f"3× traffic needs {point.replicas_needed} replicas, replicas.max is "
+                        f"{ctx.d.hardware.replicas.max}", warn=True, **ev)
+    return passed("replicas.max covers 3× traffic", **ev)
