@@ -23,23 +23,30 @@ def metering(ctx):
 
 @check("COST-002", "cost", "medium", "Replicas are not sized on peak",
        rationale="""Holding peak capacity all day when the median is a fraction of it leaves most GPU-hours idle.
-       Size the floor on p95 + headroom and autoscale to peak.""",
-       remediation="""Lower hardware.replicas.min to the p95-with-headroom figure and autoscale up to the peak
-       figure (hardware.replicas.max).""",
+       The floor should carry p95 traffic plus burst and one spare (REL-005) and no more; autoscaling covers
+       the peak.""",
+       remediation="""Lower hardware.replicas.min to the capacity model's replicas_with_headroom and autoscale up
+       to the peak figure (hardware.replicas.max).""",
        path="hardware.replicas.min")
 def not_sized_on_peak(ctx):
     cap = ctx.capacity
     point = next((p for p in cap.growth if abs(p.multiplier - 1.0) < 1e-9), None) if cap else None
-    if point is None or ctx.d.hardware.replicas is None or point.idle_gpu_hours_per_day is None:
-        return not_applicable("needs replicas, traffic and the capacity model")
-    provisioned = ctx.d.hardware.replicas.min * ctx.d.hardware.gpus_per_replica * 24
-    idle = point.idle_gpu_hours_per_day
+    replicas = ctx.d.hardware.replicas
+    if point is None or replicas is None or point.replicas_with_headroom is None:
+        return not_applicable("needs replicas, traffic, SLO and the capacity model")
+    provisioned = replicas.min * ctx.d.hardware.gpus_per_replica * 24
+    idle = point.idle_gpu_hours_per_day or 0.0
     ratio = idle / provisioned if provisioned else 0.0
-    ev = {"idle_gpu_hours_per_day": round(idle, 1), "provisioned_gpu_hours_per_day": provisioned,
+    excess = replicas.min - point.replicas_with_headroom
+    ev = {"replicas_min": replicas.min, "replicas_with_headroom": point.replicas_with_headroom,
+          "idle_gpu_hours_per_day": round(idle, 1), "provisioned_gpu_hours_per_day": provisioned,
           "idle_ratio": round(ratio, 2)}
-    if ratio > IDLE_WASTE_THRESHOLD:
-        return violated(f"{ratio:.0%} of the floor's GPU-hours are idle over a day", **ev)
-    return passed(f"{ratio:.0%} idle GPU-hours", **ev)
+    if excess <= 0:
+        # Idle time below the p95 + burst + N+1 floor is the price of reliability, not waste.
+        return passed(f"floor of {replicas.min} is what p95 with headroom needs ({ratio:.0%} idle GPU-hours)", **ev)
+    msg = (f"replicas.min {replicas.min} is {excess} above the {point.replicas_with_headroom} that p95 with burst "
+           f"and N+1 headroom needs; {ratio:.0%} of the floor's GPU-hours are idle over a day")
+    return violated(msg, warn=ratio <= IDLE_WASTE_THRESHOLD, **ev)
 
 
 @check("COST-003", "cost", "medium", "Prefix caching is on where traffic shares prefixes",

@@ -23,7 +23,7 @@ def automated_rollback(ctx):
 @check("DEP-002", "deployment", "high", "Rollback completes in under 5 minutes",
        rationale="""Every minute of a bad release burns error budget; the framework's bar is a rollback under
        5 minutes, measured, including the time to detect.""",
-       remediation="""Measure the rollback (Forge's bad-canary game day) and record rollout.rollback_seconds;
+       remediation="""Measure the rollback (a bad-canary game day) and record rollout.rollback_seconds;
        keep previous weights warm (node cache) so rolling back needs no reload.""",
        path="rollout.rollback_seconds")
 def rollback_fast(ctx):

@@ -18,7 +18,7 @@ def _missing(ctx, wanted: tuple[str, ...]) -> list[str]:
 @check("OBS-001", "observability", "critical", "Engine metrics are scraped",
        rationale="""Without the engine's own metrics (TTFT, ITL, queue, KV cache) an LLM service is a black box:
        CPU and HTTP metrics can't tell a saturated KV cache from a hung engine.""",
-       remediation="""Scrape the engine's /metrics (vLLM, TGI, SGLang, TRT-LLM) through Forge's exporter and set
+       remediation="""Scrape the engine's /metrics (vLLM, TGI, SGLang, TRT-LLM) and set
        observability.engine_metrics: true.""",
        path="observability.engine_metrics")
 def engine_metrics(ctx):
@@ -82,7 +82,7 @@ def spec_acceptance(ctx):
 @check("OBS-006", "observability", "high", "GPU health is monitored (utilization, memory, XID, ECC)",
        rationale="""XID errors, ECC faults and thermal throttling degrade or kill replicas; engine metrics don't
        show them until requests fail.""",
-       remediation="""Run dcgm-exporter, or Forge's NVML collector (same DCGM metric names), and set
+       remediation="""Run dcgm-exporter (or an NVML collector exporting the same DCGM names), and set
        observability.gpu_metrics.""",
        path="observability.gpu_metrics")
 def gpu_metrics(ctx):
@@ -120,7 +120,7 @@ def alerts_have_runbooks(ctx):
 @check("OBS-008", "observability", "high", "Alerts cover engine down, hung engine and SLO burn",
        rationale="""Without alerts, metrics are only read after a user complains. The minimum for LLM serving:
        engine down, engine hung (no tokens while requests run), and SLO burn-rate alerts.""",
-       remediation="""Import Forge's generated rules (alerts/) and list them in observability.alerts.""",
+       remediation="""Add alerts for engine down, engine hung (no token progress while requests run) and SLO burn rates, and list them in observability.alerts.""",
        path="observability.alerts")
 def alerts_exist(ctx):
     alerts = s.observability(ctx).alerts
@@ -137,7 +137,7 @@ def alerts_exist(ctx):
 @check("OBS-009", "observability", "medium", "Dashboards exist for the service",
        rationale="""During an incident nobody writes PromQL; the on-call needs golden signals, saturation and GPU
        health on one screen.""",
-       remediation="Import Forge's dashboards (dashboards/) and list them in observability.dashboards.",
+       remediation="Build dashboards for golden signals, saturation (KV cache, queue) and GPU health; list them in observability.dashboards.",
        path="observability.dashboards")
 def dashboards(ctx):
     if not s.observability(ctx).dashboards:

@@ -32,7 +32,7 @@ def escalation(ctx):
 @check("OPS-003", "operations", "high", "Runbooks exist for the service",
        rationale="""Runbooks turn an alert into steps: how to confirm, mitigate (drain, roll back, scale) and
        escalate. Forge ships one per alert it generates.""",
-       remediation="List the runbooks in operations.runbooks (Forge's runbooks/ are a starting point).",
+       remediation="List the runbooks in operations.runbooks (one per paging alert: confirm, mitigate, escalate).",
        path="operations.runbooks")
 def runbooks(ctx):
     if not s.operations(ctx).runbooks:
@@ -54,7 +54,7 @@ def synthetic(ctx):
 @check("OPS-005", "operations", "medium", f"A game day ran in the last {GAME_DAY_MAX_AGE_DAYS} days",
        rationale="""Runbooks and failovers rot; teams that rehearse recover faster. A quarterly game day keeps the
        drill fresh.""",
-       remediation="Run `forge chaos run` with the team and record operations.last_game_day.",
+       remediation="Run a game day with the team (GPU fault, hung engine, bad canary) and record operations.last_game_day.",
        path="operations.last_game_day")
 def game_day(ctx):
     last = s.operations(ctx).last_game_day

@@ -68,7 +68,7 @@ def drain_fits_grace(ctx):
        probe on /health alone never restarts it.""",
        remediation="""Enable a progress watchdog (requests running while generation-token counters don't move
        for stall_seconds → mark down and restart): reliability.liveness.progress_watchdog {enabled: true,
-       stall_seconds: 30}. Forge's chaos/ ships one.""",
+       stall_seconds: 30}.""",
        path="reliability.liveness")
 def progress_watchdog(ctx):
     liveness = s.reliability(ctx).liveness
@@ -134,7 +134,7 @@ def readiness_probe(ctx):
 @check("REL-008", "reliability", "medium", "Failure modes are rehearsed in game days",
        rationale="""GPU faults, collective hangs, spot reclaims and bad canaries are the common ways LLM serving
        fails; a recovery path that has never run does not work.""",
-       remediation=f"""Run Forge's chaos experiments ({', '.join(REQUIRED_EXPERIMENTS)}) and list them in
+       remediation=f"""Rehearse the game days ({', '.join(REQUIRED_EXPERIMENTS)}) and list them in
        reliability.chaos_experiments with last_run and passed.""",
        path="reliability.chaos_experiments")
 def chaos_rehearsed(ctx):

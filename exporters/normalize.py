@@ -1,0 +1,360 @@
+"""Turn one engine's /metrics page into canonical Forge series, through the signal catalog.
+
+    page = normalize(text, replica="chat-0", extra_labels={"team": "search"})
+    page.families["forge_ttft_seconds"].series      # {labels: Histogram(...)}
+    page.to_prometheus_text()                         # re-exposable exposition text
+
+Only the catalog knows engine metric names; this module knows the exposition format. Anything that is not
+a Prometheus text page (HTML, binary, truncated lines) raises NormalizeError with one line saying why.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
+
+from forge.catalog import BASE_LABELS, Catalog, Selector, Signal, SourceMapping, get_catalog
+from forge.errors import InputError
+
+LabelKey = tuple[tuple[str, str], ...]
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_MESSAGE_LIMIT = 160
+
+
+class NormalizeError(InputError):
+    """The page can't be normalized (not Prometheus text, unknown engine, bad labels); one line each."""
+
+
+@dataclass
+class Histogram:
+    """Cumulative buckets as (upper bound, count), +Inf last, plus sum and count — Prometheus semantics."""
+
+    buckets: list[tuple[float, float]]
+    sum: float
+    count: float
+
+    def bounds(self) -> tuple[float, ...]:
+        return tuple(le for le, _ in self.buckets)
+
+
+@dataclass
+class CanonicalFamily:
+    name: str
+    type: str
+    help: str
+    series: dict[LabelKey, float | Histogram] = field(default_factory=dict)
+
+    def only(self) -> float | Histogram:
+        """The single series' value (tests and single-replica callers); ValueError when there are several."""
+        if len(self.series) != 1:
+            raise ValueError(f"{self.name} has {len(self.series)} series, not one")
+        return next(iter(self.series.values()))
+
+
+@dataclass
+class NormalizedPage:
+    dialect: str
+    engine: str | None
+    families: dict[str, CanonicalFamily]
+    missing: list[str]                  # signals this dialect maps but the page didn't carry
+    unavailable: dict[str, str]         # signals this dialect can't provide, and why
+    problems: list[str]                 # series skipped (conflicts), one line each
+
+    def to_prometheus_text(self) -> str:
+        lines: list[str] = []
+        for name in sorted(self.families):
+            family = self.families[name]
+            lines.append(f"# HELP {name} {family.help}")
+            lines.append(f"# TYPE {name} {family.type}")
+            for key in sorted(family.series):
+                value = family.series[key]
+                if isinstance(value, Histogram):
+                    for le, count in value.buckets:
+                        lines.append(_sample(f"{name}_bucket", key + (("le", floatToGoString(le)),), count))
+                    lines.append(_sample(f"{name}_sum", key, value.sum))
+                    lines.append(_sample(f"{name}_count", key, value.count))
+                else:
+                    lines.append(_sample(name, key, value))
+        return "\n".join(lines) + "\n"
+
+
+def _sample(name: str, key: LabelKey, value: float) -> str:
+    labels = ",".join(f'{k}="{_escape(v)}"' for k, v in key)
+    return f"{name}{{{labels}}} {floatToGoString(value)}" if labels else f"{name} {floatToGoString(value)}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+@dataclass
+class _RawFamily:
+    name: str
+    type: str
+    samples: list[tuple[str, dict[str, str], float]]
+
+
+@dataclass
+class _Page:
+    families: dict[str, _RawFamily]
+    samples_by_name: dict[str, list[tuple[dict[str, str], float]]]
+
+    def has(self, selector: Selector) -> bool:
+        if selector.metric in self.families and self.families[selector.metric].type == "histogram":
+            return True
+        return any(_matches(labels, selector.match) for labels, _ in self.samples_by_name.get(selector.metric, ()))
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT - 1] + "…"
+
+
+def parse_page(text: str) -> _Page:
+    """Parse Prometheus text exposition; NormalizeError for anything else."""
+    if not isinstance(text, str):
+        raise NormalizeError("metrics page: expected text, got bytes — decode it as UTF-8 first")
+    if "\x00" in text:
+        raise NormalizeError("metrics page: binary data, not a Prometheus text page")
+    stripped = text.lstrip()
+    if not stripped:
+        raise NormalizeError("metrics page: empty — is the engine started with metrics enabled?")
+    if stripped.startswith("<"):
+        raise NormalizeError("metrics page: HTML, not Prometheus text — check the URL path (e.g. /metrics)")
+    if stripped.startswith(("{", "[")):
+        raise NormalizeError("metrics page: JSON, not Prometheus text — trtllm-serve's /metrics is JSON; "
+                             "scrape /prometheus/metrics")
+    families: dict[str, _RawFamily] = {}
+    samples_by_name: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+    try:
+        for family in text_string_to_metric_families(text):
+            raw = families.setdefault(family.name, _RawFamily(family.name, family.type, []))
+            for sample in family.samples:
+                raw.samples.append((sample.name, dict(sample.labels), float(sample.value)))
+                samples_by_name[sample.name].append((dict(sample.labels), float(sample.value)))
+                # The parser appends _total to counters that lack it (TGI's tgi_request_success); keep
+                # the name as exposed reachable too, since that's how the catalog spells it.
+                if family.type == "counter" and sample.name == family.name + "_total":
+                    samples_by_name[family.name].append((dict(sample.labels), float(sample.value)))
+    except Exception as exc:  # the parser raises ValueError, IndexError, … on malformed input
+        raise NormalizeError(f"metrics page: not valid Prometheus text ({_one_line(exc) or type(exc).__name__})") from None
+    if not families:
+        raise NormalizeError("metrics page: no samples — is the engine started with metrics enabled?")
+    return _Page(families, samples_by_name)
+
+
+def detect_dialect(page: _Page, catalog: Catalog | None = None) -> str:
+    """The dialect whose name prefixes cover most families of the page."""
+    cat = catalog or get_catalog()
+    scores = {d.id: sum(1 for name in page.families if name.startswith(d.detect)) for d in cat.dialects.values()}
+    best = max(scores, key=lambda d: scores[d])
+    if scores[best] == 0:
+        prefixes = ", ".join(p for d in cat.dialects.values() for p in d.detect)
+        raise NormalizeError(f"metrics page: no known engine or GPU metrics (expected names starting with "
+                             f"{prefixes}) — pass the engine explicitly if it is renamed")
+    return best
+
+
+# ----------------------------------------------------------------------------------------------- mapping
+
+def _matches(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+class _Builder:
+    """Accumulates canonical series for one signal, combining series that coincide after label mapping."""
+
+    def __init__(self, signal: Signal, problems: list[str]):
+        self.signal = signal
+        self.series: dict[LabelKey, float | Histogram] = {}
+        self.problems = problems
+
+    def add_value(self, key: LabelKey, value: float) -> None:
+        if math.isnan(value):
+            return  # an engine's NaN is "no data", never a value we re-export
+        if key not in self.series:
+            self.series[key] = value
+        elif self.signal.aggregate == "max":
+            self.series[key] = max(self.series[key], value)
+        else:
+            self.series[key] += value
+
+    def add_histogram(self, key: LabelKey, hist: Histogram) -> None:
+        existing = self.series.get(key)
+        if existing is None:
+            self.series[key] = hist
+            return
+        if existing.bounds() != hist.bounds():
+            self.problems.append(f"{self.signal.name}: series {dict(key)} have different bucket bounds; "
+                                 f"kept the first, dropped the other")
+            return
+        existing.buckets = [(le, a + b) for (le, a), (_, b) in zip(existing.buckets, hist.buckets)]
+        existing.sum += hist.sum
+        existing.count += hist.count
+
+
+class _Normalizer:
+    def __init__(self, catalog: Catalog, dialect: str, page: _Page, base: Mapping[str, str],
+                 model_override: str | None):
+        self.catalog = catalog
+        self.dialect = catalog.dialects[dialect]
+        self.page = page
+        self.base = base
+        self.model_override = model_override
+        self.problems: list[str] = []
+        self.allowed_models: set[str] | None = None
+        if self.dialect.only_models_in and self.dialect.model_label:
+            self.allowed_models = {
+                labels.get(self.dialect.model_label, "")
+                for family in page.families.values() if family.name.startswith(self.dialect.only_models_in)
+                for _, labels, _ in family.samples}
+
+    def wanted(self, labels: Mapping[str, str], match: Mapping[str, str]) -> bool:
+        if not _matches(labels, match):
+            return False
+        return self.allowed_models is None or labels.get(self.dialect.model_label, "") in self.allowed_models
+
+    def key_for(self, signal: Signal, mapping: SourceMapping, labels: Mapping[str, str]) -> LabelKey:
+        out = dict(self.base)
+        if signal.scope == "engine":
+            model_label = self.dialect.model_label
+            out["model"] = self.model_override or (labels.get(model_label) if model_label else None) or "unknown"
+        for source_label, canonical in mapping.labels.items():
+            if source_label in labels:
+                out[canonical] = labels[source_label]
+        if signal.scope == "gpu":
+            for name in self.catalog.gpu_labels:
+                if name in labels:
+                    out[name] = labels[name]
+        out.update(mapping.set_labels)
+        if mapping.derive_label:
+            d = mapping.derive_label
+            out[d.name] = d.value_map.get(labels.get(d.source_label, ""), d.default)
+        # An empty label value is the same as no label in Prometheus; don't emit it.
+        return tuple(sorted((k, v) for k, v in out.items() if v != ""))
+
+    def scalar_samples(self, selector: Selector) -> Iterable[tuple[dict[str, str], float]]:
+        for labels, value in self.page.samples_by_name.get(selector.metric, ()):
+            if self.wanted(labels, selector.match):
+                yield labels, value
+
+    def histograms(self, selector: Selector, scale: float) -> Iterable[tuple[dict[str, str], Histogram]]:
+        family = self.page.families.get(selector.metric)
+        if family is None or family.type != "histogram":
+            return
+        grouped: dict[LabelKey, dict] = defaultdict(lambda: {"buckets": [], "sum": None, "count": None})
+        for name, labels, value in family.samples:
+            plain = {k: v for k, v in labels.items() if k != "le"}
+            if not self.wanted(plain, selector.match):
+                continue
+            slot = grouped[tuple(sorted(plain.items()))]
+            if name.endswith("_bucket") and "le" in labels:
+                slot["buckets"].append((float(labels["le"]) * scale, value))
+            elif name.endswith("_sum"):
+                slot["sum"] = value * scale
+            elif name.endswith("_count"):
+                slot["count"] = value
+        for key, slot in grouped.items():
+            buckets = sorted(slot["buckets"])
+            if not buckets or not math.isinf(buckets[-1][0]) or slot["count"] is None:
+                self.problems.append(f"{selector.metric}: series {dict(key)} lacks a +Inf bucket or a count; skipped")
+                continue
+            yield dict(key), Histogram(buckets, slot["sum"] or 0.0, slot["count"])
+
+    def usable(self, mapping: SourceMapping) -> bool:
+        return not any(self.page.has(s) for s in mapping.only_if_absent)
+
+    def build(self, signal: Signal) -> dict[LabelKey, float | Histogram] | None:
+        """Canonical series for one signal; None when no source of this dialect is on the page, {} when
+        every source is superseded by a newer name that is."""
+        builder = _Builder(signal, self.problems)
+        found = False
+        mappings = signal.sources.get(self.dialect.id, ())
+        if not any(self.usable(m) for m in mappings):
+            return {}  # superseded by newer names on this page: neither found nor missing
+        for mapping in mappings:
+            if not self.usable(mapping):
+                continue
+            if mapping.ratio:
+                found |= self._ratio(signal, mapping, builder)
+            elif signal.type == "histogram":
+                for labels, hist in self.histograms(mapping.selector, mapping.scale):
+                    found = True
+                    builder.add_histogram(self.key_for(signal, mapping, labels), hist)
+            else:
+                for labels, value in self.scalar_samples(mapping.selector):
+                    found = True
+                    builder.add_value(self.key_for(signal, mapping, labels), value * mapping.scale)
+        return builder.series if found else None
+
+    def _ratio(self, signal: Signal, mapping: SourceMapping, builder: _Builder) -> bool:
+        numerator, denominator = mapping.ratio
+        denominators = {self.key_for(signal, mapping, labels): value
+                        for labels, value in self.scalar_samples(denominator)}
+        found = False
+        for labels, value in self.scalar_samples(numerator):
+            key = self.key_for(signal, mapping, labels)
+            if denominators.get(key):  # a zero or missing denominator gives no value, never a false 0 or inf
+                builder.add_value(key, value / denominators[key])
+                found = True
+        return found
+
+
+def _check_extra_labels(extra: Mapping[str, str], catalog: Catalog) -> None:
+    reserved = set(BASE_LABELS) | {"le"} | set(catalog.gpu_labels)
+    for sig in catalog.signals.values():
+        reserved |= set(sig.labels)
+    for name in extra:
+        if not _LABEL_NAME.match(name):
+            raise NormalizeError(f"extra label {name!r}: not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+        if name in reserved:
+            raise NormalizeError(f"extra label {name!r}: reserved by the catalog — rename it (e.g. deploy_{name})")
+
+
+def normalize(text: str, *, engine: str | None = None, model: str | None = None, replica: str = "",
+              extra_labels: Mapping[str, str] | None = None, catalog: Catalog | None = None) -> NormalizedPage:
+    """Map a /metrics page to canonical series.
+
+    engine: a catalog dialect id (vllm, sglang, tgi, trtllm, triton_trtllm, dcgm); detected when None.
+    model: the model label; when None, the engine's own model label (or "unknown").
+    replica, extra_labels: added to every series (e.g. team, cost_center from deploy.yaml).
+    """
+    cat = catalog or get_catalog()
+    extra = dict(extra_labels or {})
+    _check_extra_labels(extra, cat)
+    page = parse_page(text)
+    if engine is None:
+        dialect = detect_dialect(page, cat)
+    elif engine in cat.dialects:
+        dialect = engine
+    else:
+        raise NormalizeError(f"engine {engine!r}: unknown — use one of {', '.join(cat.dialects)}")
+    engine_label = cat.dialects[dialect].engine
+    base = {"replica": replica, **extra}
+    if engine_label:
+        base["engine"] = engine_label
+    normalizer = _Normalizer(cat, dialect, page, base, model)
+
+    families: dict[str, CanonicalFamily] = {}
+    missing: list[str] = []
+    unavailable: dict[str, str] = {}
+    for signal in cat.signals.values():
+        if dialect in signal.unavailable:
+            unavailable[signal.name] = signal.unavailable[dialect]
+        if dialect not in signal.sources:
+            continue
+        series = normalizer.build(signal)
+        if series is None:
+            missing.append(signal.name)
+        elif series:
+            families[signal.name] = CanonicalFamily(signal.name, signal.type, signal.help, series)
+    return NormalizedPage(dialect=dialect, engine=engine_label, families=families, missing=missing,
+                          unavailable=unavailable, problems=normalizer.problems)

@@ -1,0 +1,121 @@
+"""The `forge` CLI as a user runs it: exit codes, formats, explain, schema, fleets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from forge.schema import json_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "readiness" / "examples"
+GOOD = EXAMPLES / "chat-70b-fp8-h100.yaml"
+AS_OF = "2026-11-23"
+
+
+def forge(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "forge.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_ready_file_exits_0_and_not_ready_exits_1():
+    ok = forge("readiness", "assess", str(GOOD), "--as-of", AS_OF, "--format", "json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["verdict"] == "ready"
+    bad = forge("readiness", "assess", str(EXAMPLES / "spot-fleet-8b.yaml"), "--as-of", AS_OF, "--format", "json")
+    assert bad.returncode == 1, bad.stderr
+    assert json.loads(bad.stdout)["verdict"] == "not_ready"
+
+
+def test_fail_on_warn_is_stricter():
+    strict = forge("readiness", "assess", str(GOOD), "--as-of", AS_OF, "--format", "json", "--fail-on", "warn")
+    has_warnings = any(f["status"] in ("warn", "fail") for f in json.loads(strict.stdout)["findings"])
+    assert strict.returncode == (1 if has_warnings else 0)
+    assert has_warnings  # the good example still has open warnings (e.g. no load evidence yet)
+
+
+def test_several_files_give_an_array_and_the_worst_exit_code():
+    r = forge("readiness", "assess", str(GOOD), str(EXAMPLES / "spot-fleet-8b.yaml"), "--as-of", AS_OF,
+              "--format", "json")
+    data = json.loads(r.stdout)
+    assert [d["deployment"] for d in data] == ["chat-70b", "extraction-spot"]
+    assert r.returncode == 1
+
+
+def test_a_directory_is_a_fleet():
+    r = forge("readiness", "assess", str(EXAMPLES), "--as-of", AS_OF, "--format", "json")
+    data = json.loads(r.stdout)
+    assert len(data) == len(list(EXAMPLES.glob("*.yaml")))
+    assert r.returncode == 1
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "markdown", "html", "sarif", "junit"])
+def test_every_format_writes_a_file(tmp_path, fmt):
+    out = tmp_path / f"report.{fmt}"
+    r = forge("readiness", "assess", str(GOOD), "--as-of", AS_OF, "--format", fmt, "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "chat-70b" in text
+    assert not list(tmp_path.glob(".*tmp*")), "temporary file left behind"
+
+
+def test_table_output_to_terminal_names_verdict_and_findings():
+    r = forge("readiness", "assess", str(EXAMPLES / "spot-fleet-8b.yaml"), "--as-of", AS_OF)
+    assert r.returncode == 1
+    assert "REL-001" in r.stdout
+    assert "NOT READY" in r.stdout.upper()
+
+
+def test_checks_json_lists_every_check():
+    r = forge("readiness", "checks", "--format", "json")
+    checks = json.loads(r.stdout)
+    assert len(checks) >= 40
+    assert {"id", "dimension", "severity", "title", "rationale", "remediation"} <= set(checks[0])
+    only = json.loads(forge("readiness", "checks", "--format", "json", "--dimension", "security").stdout)
+    assert only and all(c["dimension"] == "security" for c in only)
+
+
+def test_explain_shows_rationale_and_fix():
+    r = forge("readiness", "explain", "rel-004")
+    assert r.returncode == 0
+    assert "progress watchdog" in r.stdout.lower() and "Fix" in r.stdout
+
+
+def test_explain_unknown_check_suggests_close_ids():
+    r = forge("readiness", "explain", "REL-04")
+    assert r.returncode == 2
+    assert "REL-004" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_committed_schema_equals_a_fresh_generation():
+    committed = json.loads((ROOT / "readiness" / "deploy.schema.json").read_text())
+    assert committed == json_schema(), "run `make schema` and commit readiness/deploy.schema.json"
+
+
+def test_schema_validates_every_example_and_rejects_unknown_keys():
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(json_schema())
+    for path in sorted(EXAMPLES.glob("*.yaml")) + [ROOT / "reference-stack" / "deploy.yaml"]:
+        data = json.loads(json.dumps(yaml.safe_load(path.read_text()), default=str))
+        errors = list(validator.iter_errors(data))
+        assert not errors, (path.name, errors[0].message)
+    data = yaml.safe_load(GOOD.read_text())
+    data["metadata"]["nmae"] = "typo"
+    assert list(validator.iter_errors(json.loads(json.dumps(data, default=str))))
+
+
+def test_version():
+    r = forge("version")
+    assert r.returncode == 0 and r.stdout.startswith("forge ")
+
+
+def test_no_arguments_shows_help_and_bad_command_exits_2():
+    assert "readiness" in forge("--help").stdout
+    r = forge("readines")
+    assert r.returncode == 2
