@@ -211,23 +211,26 @@ def version_cmd() -> None:
     sys.stdout.write(f"forge {__version__}\n")
 
 
-def _mount_optional_subapps() -> None:
-    """Subsystems that bring their own CLI; mounted here so `forge --help` lists them."""
+# Subsystems that bring their own CLI. Mounted only when the command line names them (or asks for the overview),
+# so `forge readiness assess` doesn't pay for importing them at start-up.
+SUBAPPS = {
+    "catalog": "forge.catalog_cli",
+    "capacity": "forge.readiness.capacity_cli",
+    # "stack": "forge.reference_stack.cli",  (mounted once the reference-stack CLI lands)
+}
+
+
+def _mount_subapps(argv: list[str]) -> None:
     import importlib
 
-    for module, name in (("forge.catalog_cli", "catalog"), ("forge.readiness.capacity_cli", "capacity"),
-                         ("forge.reference_stack.cli", "stack")):
-        try:
-            sub = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        app.add_typer(sub.app, name=name)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    for name, module in SUBAPPS.items():
+        if first is None or first == name or first not in (*SUBAPPS, "readiness", "version"):
+            app.add_typer(importlib.import_module(module).app, name=name)
 
 
 def main() -> None:
-    _mount_optional_subapps()
+    _mount_subapps(sys.argv[1:])
     try:
         app()
     except InputError as exc:

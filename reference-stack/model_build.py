@@ -169,6 +169,7 @@ def build(out_dir: Path) -> dict:
     import transformers
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers.utils.logging.disable_progress_bar()  # a one-shard "Writing model shards" bar is noise
     torch.use_deterministic_algorithms(True)
     corpus = corpus_paths()
     out_dir = Path(out_dir)
@@ -193,7 +194,10 @@ def build(out_dir: Path) -> dict:
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                              encoding="utf-8")
-        staging.chmod(0o755)  # mkdtemp makes it 0700
+        # mkdtemp makes the directory 0700 and safetensors writes 0600: make the build readable like any other.
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)

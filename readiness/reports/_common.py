@@ -1,0 +1,72 @@
+"""Ordering and wording shared by every report writer, so all formats tell the same story in the same order."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from forge.readiness.result import DIMENSIONS, GATING_DIMENSIONS, Assessment, Finding
+
+SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+STATUS_ORDER = {"fail": 0, "warn": 1, "waived": 2, "pass": 3, "not_applicable": 4}
+VERDICT_LABEL = {"ready": "READY", "not_ready": "NOT READY"}
+STATUS_LABEL = {"fail": "fail", "warn": "warn", "waived": "waived", "pass": "pass", "not_applicable": "n/a"}
+GATING_RULE = (
+    f"{', '.join(DIMENSIONS[d] for d in GATING_DIMENSIONS)} are gating: a fail in any of them makes the verdict "
+    "not ready whatever the total score."
+)
+
+
+def finding_key(f: Finding) -> tuple[int, int, str]:
+    """Worst first: by status (fail, warn, waived, pass, n/a), then severity, then check id."""
+    return (STATUS_ORDER.get(f.status, 9), SEVERITY_ORDER.get(f.severity, 9), f.check)
+
+
+def sorted_findings(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=finding_key)
+
+
+def open_findings(a: Assessment) -> list[Finding]:
+    return sorted_findings(a.open_findings)
+
+
+def waived_findings(a: Assessment) -> list[Finding]:
+    return sorted_findings([f for f in a.findings if f.status == "waived"])
+
+
+def dimension_name(dim: str) -> str:
+    return DIMENSIONS.get(dim, dim)
+
+
+def failing_dimensions(a: Assessment) -> list[str]:
+    return [d.id for d in a.dimensions if d.status == "fail"]
+
+
+def status_counts(a: Assessment) -> dict[str, int]:
+    counts = {s: 0 for s in STATUS_ORDER}
+    for f in a.findings:
+        counts[f.status] = counts.get(f.status, 0) + 1
+    return counts
+
+
+def evidence_text(value: Any) -> str:
+    """One evidence value as short text: strings as they are, everything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str, separators=(", ", ": "))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def waiver_text(f: Finding) -> str:
+    w = f.waiver or {}
+    reason = str(w.get("reason") or "no reason given")
+    expires = w.get("expires")
+    return f"{reason} (until {expires})" if expires else reason
+
+
+def location(a: Assessment, f: Finding) -> str:
+    """file:line plus the deploy.yaml path, e.g. `deploy.yaml:42 (reliability.liveness)`."""
+    where = f"{a.file}:{f.line}"
+    return f"{where} ({f.path})" if f.path else where
