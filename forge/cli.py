@@ -90,6 +90,9 @@ def assess_cmd(
                                             "open warning too (warn).")] = FailOn.fail,
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Assess as of this date (YYYY-MM-DD): waiver "
                                                  "expiry and recency checks.")] = None,
+    base_dir: Annotated[Optional[Path], typer.Option("--base-dir", help="Repository root that SARIF file paths are "
+                                                     "relative to (default: $GITHUB_WORKSPACE or the current "
+                                                     "directory).")] = None,
 ) -> None:
     """Grade deploy.yaml file(s); exit 0 ready, 1 not ready, 2 bad input."""
     from forge.readiness.assess import assess_file
@@ -122,7 +125,8 @@ def assess_cmd(
 
                 print_table(assessments, Console())
             else:
-                _write_output(render(assessments, format.value, fail_on=fail_on.value), output)
+                root = base_dir or Path(os.environ.get("GITHUB_WORKSPACE") or Path.cwd())
+                _write_output(render(assessments, format.value, base_dir=root, fail_on=fail_on.value), output)
         except InputError as exc:
             for m in exc.messages:
                 _err(m)

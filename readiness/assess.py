@@ -83,7 +83,7 @@ def _finding(check: Check, outcome: Outcome, loaded: LoadedDeployment) -> Findin
         check=check.id, dimension=check.dimension, severity=check.severity, status=outcome.status,
         title=check.title, message=redact(outcome.message) if looks_secret("", outcome.message) else outcome.message,
         evidence=redact(outcome.evidence), remediation=check.remediation, path=path, line=line, column=column,
-        basis=outcome.basis,
+        basis=outcome.basis, rationale=check.rationale,
     )
 
 

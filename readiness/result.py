@@ -39,6 +39,7 @@ class Finding:
     column: int = 1
     basis: Literal["claim", "evidence"] = "claim"  # from what the YAML says, or from measurements
     waiver: dict[str, Any] | None = None           # {"reason", "expires"} when status is waived
+    rationale: str = ""                            # why the check matters (the check's own text)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -47,7 +47,7 @@ def _summary_table(assessments: list[Assessment]) -> RenderableType:
 
     ready = sum(a.verdict == "ready" for a in assessments)
     table = Table(title=f"Forge readiness: {ready} of {len(assessments)} deployments ready", title_justify="left")
-    for col, kw in (("file", {}), ("deployment", {}), ("verdict", {}), ("score", {"justify": "right"}),
+    for col, kw in (("file", {"overflow": "fold"}), ("deployment", {"overflow": "fold"}), ("verdict", {}), ("score", {"justify": "right"}),
                     ("failing dimensions", {})):
         table.add_column(col, **kw)
     for a in assessments:
