@@ -23,6 +23,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from forge.yamlio import safe_load
+
 from forge.errors import InputError
 
 CATALOG_PATH = Path(__file__).parent / "data" / "signals.yaml"
@@ -278,7 +280,7 @@ def _load_signal(name: str, raw: Mapping[str, Any], dialects: Mapping[str, Diale
 def load_catalog(path: Path = CATALOG_PATH) -> Catalog:
     """Load and validate a catalog file. Raises CatalogError naming the inconsistent key."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise CatalogError(f"{path}: cannot read the catalog: {exc}".replace("\n", " ")) from None
     if not isinstance(raw, dict):

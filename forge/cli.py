@@ -81,6 +81,21 @@ def _expand(files: list[Path]) -> list[Path]:
     return out
 
 
+def _assess_with_progress(paths: list[Path], day: dt.date | None) -> list:
+    """Assess every file; a progress bar on stderr when a person is watching a fleet go by."""
+    from forge.readiness.assess import assess_many
+
+    if len(paths) < 20 or not sys.stderr.isatty():
+        return assess_many(paths, day)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("assessing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("assess", total=len(paths))
+        return assess_many(paths, day, on_done=lambda: progress.advance(task))
+
+
 @readiness_app.command("assess")
 def assess_cmd(
     files: Annotated[list[Path], typer.Argument(help="deploy.yaml file(s), or a directory of them (a fleet).")],
@@ -95,8 +110,6 @@ def assess_cmd(
                                                      "directory).")] = None,
 ) -> None:
     """Grade deploy.yaml file(s); exit 0 ready, 1 not ready, 2 bad input."""
-    from forge.readiness.assess import assess_file
-
     try:
         day = dt.date.fromisoformat(as_of) if as_of else None
     except ValueError:
@@ -109,13 +122,13 @@ def assess_cmd(
             _err(m)
         raise typer.Exit(EXIT_BAD_INPUT)
     assessments, bad = [], False
-    for p in paths:
-        try:
-            assessments.append(assess_file(p, day))
-        except InputError as exc:
+    for result in _assess_with_progress(paths, day):
+        if isinstance(result, list):
             bad = True
-            for m in exc.messages:
+            for m in result:
                 _err(m)
+        else:
+            assessments.append(result)
     if assessments:
         from forge.readiness.reports import print_table, render
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import yaml
+
+from forge.yamlio import safe_load
 
 _CATALOG = Path(__file__).with_name("data") / "hardware.yaml"
 
@@ -52,7 +53,7 @@ class GPU:
 
 @cache
 def catalog() -> dict[str, GPU]:
-    raw = yaml.safe_load(_CATALOG.read_text())["gpus"]
+    raw = safe_load(_CATALOG.read_text())["gpus"]
     out: dict[str, GPU] = {}
     for gid, g in raw.items():
         eff = g["efficiency"]

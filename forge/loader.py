@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from forge.errors import InputError
+from forge.yamlio import SafeLoader
 from forge.schema import Deployment
 
 MAX_FILE_BYTES = 1_000_000  # a deploy.yaml is a few KB; anything this large is a mistake (or an attack)
@@ -51,7 +52,7 @@ def _index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], tu
             _index(item, path + (i,), out)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(SafeLoader):
     """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
 
 
@@ -95,10 +96,11 @@ def read_text(path: Path) -> str:
 
 def parse_yaml(text: str, where: str) -> tuple[Any, LineIndex]:
     try:
-        node = yaml.compose(text, Loader=_UniqueKeyLoader)
+        # Parse once: the node tree gives line numbers, constructing from it gives the data.
         loader = _UniqueKeyLoader(text)
         try:
-            data = loader.get_single_data()
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -101,6 +102,22 @@ def verify(model_dir: Path) -> list[str]:
     problems += [f"{name}: sha256 differs" for name in sorted(set(on_disk) & set(recorded))
                  if on_disk[name] != recorded[name]]
     return problems
+
+
+def run_build(python: Path, out_dir: Path, timeout_s: float = 600.0) -> int:
+    """Run this script with `python` (the engine venv's, which has torch) and return its exit code.
+    Raises subprocess.TimeoutExpired after `timeout_s` (a build takes about 10 s)."""
+    command = [str(python), str(Path(__file__).resolve()), "--out", str(out_dir)]
+    return subprocess.run(command, stdin=subprocess.DEVNULL, timeout=timeout_s).returncode
+
+
+def ensure_built(python: Path, out_dir: Path, timeout_s: float = 600.0) -> Path:
+    """`out_dir` holding an intact build: kept if its files match its manifest, else (re)built."""
+    if verify(out_dir):
+        code = run_build(python, out_dir, timeout_s)
+        if code != 0 or verify(out_dir):
+            raise BuildError(f"building {out_dir} with {python} failed (exit {code})")
+    return Path(out_dir)
 
 
 def corpus_paths() -> list[Path]:

@@ -1,0 +1,70 @@
+"""`forge stack ...`: the reference stack's commands (mounted by forge/cli.py as `stack`).
+
+Exit codes as everywhere in Forge: 0 success, 1 the operation failed, 2 bad input or usage (a missing engine
+venv included: a setup step the user must run).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from forge.reference_stack import model_build
+from forge.reference_stack.vllm_engine import missing_vllm_message, vllm_python
+
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+# A build takes about 10 s on 2 cores (tokenizer training dominates); the bound only catches a hang.
+MODEL_BUILD_TIMEOUT_S = 600
+
+app = typer.Typer(help="The reference stack: real vLLM (CPU) serving a generated tiny Llama.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+model_app = typer.Typer(help="The tiny Llama the real engine serves, generated locally and deterministically.",
+                        no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(f"forge: error: {message}\n")
+
+
+@model_app.command("build")
+def model_build_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the model to (replaced if present).")]
+    = model_build.DEFAULT_MODEL_DIR,
+) -> None:
+    """Generate the tiny Llama (tokenizer + bf16 weights + sha256 manifest) with the engine venv's python."""
+    python = vllm_python()
+    if not python.exists():
+        _err(missing_vllm_message(python))
+        raise typer.Exit(EXIT_BAD_INPUT)
+    # The build needs torch/transformers/tokenizers, which live only in the engine venv: run the script there.
+    try:
+        code = model_build.run_build(python, out, MODEL_BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _err(f"model build into {out} did not finish within {MODEL_BUILD_TIMEOUT_S} s")
+        raise typer.Exit(EXIT_FAILED)
+    if code != 0:
+        # The script printed its own one-line reason; keep its code (2 = bad input) where it has one.
+        raise typer.Exit(code if code in (EXIT_FAILED, EXIT_BAD_INPUT) else EXIT_FAILED)
+
+
+@model_app.command("verify")
+def model_verify_cmd(
+    model_dir: Annotated[Path, typer.Option("--dir", help="The model directory to check.")]
+    = model_build.DEFAULT_MODEL_DIR,
+) -> None:
+    """Check a built model's files against its sha256 manifest (exit 1 on any difference)."""
+    manifest = model_build.read_manifest(model_dir)
+    if manifest is None:
+        _err(f"{model_dir}: no {model_build.MANIFEST_NAME} — run `forge stack model build --out {model_dir}`")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    problems = model_build.verify(model_dir)
+    for problem in problems:
+        _err(f"{model_dir}: {problem}")
+    if problems:
+        raise typer.Exit(EXIT_FAILED)
+    typer.echo(f"{model_dir}: {len(manifest['files'])} files match the manifest")
