@@ -28,7 +28,15 @@ _MESSAGE_LIMIT = 160
 
 
 class NormalizeError(InputError):
-    """The page can't be normalized (not Prometheus text, unknown engine, bad labels); one line each."""
+    """The page can't be normalized (not Prometheus text, unknown engine, bad labels); one line each.
+
+    `reason` is a short, fixed token (invalid_page, unknown_engine, duplicate_series, bad_option) that the
+    exporter exports as a label value; the message is for people.
+    """
+
+    def __init__(self, messages: str | list[str], reason: str = "invalid_page"):
+        super().__init__(messages)
+        self.reason = reason
 
 
 @dataclass
@@ -67,21 +75,26 @@ class NormalizedPage:
     problems: list[str]                 # series skipped (conflicts), one line each
 
     def to_prometheus_text(self) -> str:
-        lines: list[str] = []
-        for name in sorted(self.families):
-            family = self.families[name]
-            lines.append(f"# HELP {name} {family.help}")
-            lines.append(f"# TYPE {name} {family.type}")
-            for key in sorted(family.series):
-                value = family.series[key]
-                if isinstance(value, Histogram):
-                    for le, count in value.buckets:
-                        lines.append(_sample(f"{name}_bucket", key + (("le", floatToGoString(le)),), count))
-                    lines.append(_sample(f"{name}_sum", key, value.sum))
-                    lines.append(_sample(f"{name}_count", key, value.count))
-                else:
-                    lines.append(_sample(name, key, value))
-        return "\n".join(lines) + "\n"
+        return render_families(self.families.values())
+
+
+def render_families(families: Iterable[CanonicalFamily]) -> str:
+    """Prometheus text exposition (0.0.4) of canonical families, names and label keys sorted."""
+    lines: list[str] = []
+    for family in sorted(families, key=lambda f: f.name):
+        name = family.name
+        lines.append(f"# HELP {name} {family.help}")
+        lines.append(f"# TYPE {name} {family.type}")
+        for key in sorted(family.series):
+            value = family.series[key]
+            if isinstance(value, Histogram):
+                for le, count in value.buckets:
+                    lines.append(_sample(f"{name}_bucket", key + (("le", floatToGoString(le)),), count))
+                lines.append(_sample(f"{name}_sum", key, value.sum))
+                lines.append(_sample(f"{name}_count", key, value.count))
+            else:
+                lines.append(_sample(name, key, value))
+    return "\n".join(lines) + "\n"
 
 
 def _sample(name: str, key: LabelKey, value: float) -> str:
@@ -134,16 +147,30 @@ def parse_page(text: str) -> _Page:
                              "scrape /prometheus/metrics")
     families: dict[str, _RawFamily] = {}
     samples_by_name: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+    # A series listed twice would be added up by the mapping (a false value), so such a page is refused.
+    seen_series: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     try:
         for family in text_string_to_metric_families(text):
             raw = families.setdefault(family.name, _RawFamily(family.name, family.type, []))
+            if raw.type != family.type:
+                raise NormalizeError(f"metrics page: {family.name} is declared both {raw.type} and {family.type} "
+                                     f"— conflicting series; fix the engine's exporter", reason="duplicate_series")
             for sample in family.samples:
+                series = (sample.name, tuple(sorted(sample.labels.items())))
+                if series in seen_series:
+                    labels = ",".join(f'{k}="{v}"' for k, v in series[1])
+                    raise NormalizeError(_one_line(f"metrics page: series {sample.name}{{{labels}}} appears more "
+                                                   f"than once — a page lists each series once; nothing from it "
+                                                   f"is exported"), reason="duplicate_series")
+                seen_series.add(series)
                 raw.samples.append((sample.name, dict(sample.labels), float(sample.value)))
                 samples_by_name[sample.name].append((dict(sample.labels), float(sample.value)))
                 # The parser appends _total to counters that lack it (TGI's tgi_request_success); keep
                 # the name as exposed reachable too, since that's how the catalog spells it.
                 if family.type == "counter" and sample.name == family.name + "_total":
                     samples_by_name[family.name].append((dict(sample.labels), float(sample.value)))
+    except NormalizeError:
+        raise
     except Exception as exc:  # the parser raises ValueError, IndexError, … on malformed input
         raise NormalizeError(f"metrics page: not valid Prometheus text ({_one_line(exc) or type(exc).__name__})") from None
     if not families:
@@ -159,7 +186,7 @@ def detect_dialect(page: _Page, catalog: Catalog | None = None) -> str:
     if scores[best] == 0:
         prefixes = ", ".join(p for d in cat.dialects.values() for p in d.detect)
         raise NormalizeError(f"metrics page: no known engine or GPU metrics (expected names starting with "
-                             f"{prefixes}) — pass the engine explicitly if it is renamed")
+                             f"{prefixes}) — pass the engine explicitly if it is renamed", reason="unknown_engine")
     return best
 
 

@@ -233,7 +233,8 @@ def version_cmd() -> None:
 SUBAPPS = {
     "catalog": "forge.catalog_cli",
     "capacity": "forge.readiness.capacity_cli",
-    # "stack": "forge.reference_stack.cli",  (mounted once the reference-stack CLI lands)
+    "stack": "forge.reference_stack.cli",
+    "alerts": "forge.alerts.cli",
 }
 
 
@@ -246,17 +247,36 @@ def _mount_subapps(argv: list[str]) -> None:
             app.add_typer(importlib.import_module(module).app, name=name)
 
 
+def _usage_error(exc: Exception) -> str:
+    """Click's usage errors (bad option value, unknown option, missing argument) as one line with the fix."""
+    message = " ".join(exc.format_message().replace("Value error, ", "").split())
+    ctx = getattr(exc, "ctx", None)
+    return f"{message} — see `{ctx.command_path} --help`" if ctx is not None else message
+
+
 def main() -> None:
+    try:  # typer >= 0.20 vendors click
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover - older typer on the real click
+        from click.exceptions import ClickException
+
     _mount_subapps(sys.argv[1:])
     try:
-        app()
+        # Not standalone: usage errors come back here to be printed as one line, not click's framed box.
+        rc = app(standalone_mode=False)
     except InputError as exc:
         for m in exc.messages:
             _err(m)
         sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
+    except ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `forge` alone: typer has already printed the help
+            sys.exit(exc.exit_code)
+        _err(_usage_error(exc))
+        sys.exit(EXIT_BAD_INPUT if exc.exit_code == 2 else exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         _err("interrupted")
         sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,40 @@ import difflib
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 API_VERSION = "forge/v1"
 KIND = "InferenceDeployment"
 
 
-class Strict(BaseModel):
+def located(message: str, at: str, also: list[tuple[str, str]] | None = None) -> PydanticCustomError:
+    """A validation error placed at the key at fault (`at`, dotted, relative to the model raising it) rather than
+    at the whole section; `also` carries further (at, message) problems found by the same validator."""
+    return PydanticCustomError("forge_located", "{message}", {"message": message, "at": at, "also": also or []})
+
+
+def _takes_number_not_bool(annotation: Any) -> bool:
+    args = getattr(annotation, "__args__", None)
+    kinds = set(args) if args and getattr(annotation, "__origin__", None) is not Literal else {annotation}
+    return bool(kinds & {int, float}) and bool not in kinds
+
+
+class _NumbersAreNotBools(BaseModel):
+    """YAML reads yes/no/on/off/true as booleans and pydantic would quietly take True as 1: a number field that
+    receives a boolean is a mistake worth an error."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            if _takes_number_not_bool(cls.model_fields[info.field_name].annotation):
+                raise ValueError(f"expected a number, got {str(value).lower()} — write digits only "
+                                 "(YAML reads yes/no/on/off as true/false)")
+        return value
+
+
+class Strict(_NumbersAreNotBools):
     """Unknown keys are errors: a typo must never silently drop a setting."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -39,7 +66,9 @@ class Metadata(Strict):
     @classmethod
     def _dns_name(cls, v: str) -> str:
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", v):
-            raise ValueError("must be lowercase letters, digits, '-' or '.', starting and ending alphanumeric")
+            slug = re.sub(r"[^a-z0-9.-]+", "-", v.lower()).strip("-.")
+            hint = f"did you mean '{slug}'?" if slug else "e.g. 'chat-70b'"
+            raise ValueError(f"must be lowercase letters, digits, '-' or '.', starting and ending alphanumeric — {hint}")
         return v
 
 
@@ -94,17 +123,21 @@ class Weights(Strict):
     @classmethod
     def _hex(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
-            raise ValueError("must be 64 hexadecimal characters (a SHA-256 digest)")
+            raise ValueError("must be 64 hexadecimal characters (a SHA-256 digest) — paste the full digest "
+                             "that `sha256sum` prints")
         return v
 
     @model_validator(mode="after")
     def _dtype_matches_quant(self) -> "Weights":
         if self.quantization == "fp8" and self.dtype != "fp8":
-            raise ValueError("quantization fp8 needs dtype fp8")
+            raise located("quantization fp8 needs dtype fp8 — set dtype: fp8", "dtype")
         if self.quantization in ("awq", "gptq") and self.dtype not in ("int4", "int8"):
-            raise ValueError(f"quantization {self.quantization} stores int4/int8 weights: set dtype int4 or int8")
+            raise located(f"quantization {self.quantization} stores int4/int8 weights — set dtype int4 or int8",
+                          "dtype")
         if self.quantization == "none" and self.dtype in ("fp8", "int8", "int4"):
-            raise ValueError(f"dtype {self.dtype} is a quantized format: name the quantization method")
+            method = "fp8" if self.dtype == "fp8" else "awq, gptq or smoothquant"
+            raise located(f"dtype {self.dtype} is a quantized format but quantization is none — set quantization "
+                          f"({method})", "quantization")
         return self
 
 
@@ -124,7 +157,7 @@ class Model(Strict):
 
 
 # ---------------------------------------------------------------- engine
-class SpeculativeConfig(BaseModel):
+class SpeculativeConfig(_NumbersAreNotBools):
     model_config = ConfigDict(extra="allow")
     method: str | None = None
     model: str | None = None
@@ -141,7 +174,7 @@ KNOWN_ENGINE_ARGS = {
 }
 
 
-class EngineArgs(BaseModel):
+class EngineArgs(_NumbersAreNotBools):
     """Engine-native flags in snake_case. Unlisted flags pass through, but near-misses of known ones are typos."""
 
     model_config = ConfigDict(extra="allow")
@@ -153,7 +186,8 @@ class EngineArgs(BaseModel):
     max_num_seqs: int | None = Field(None, gt=0, le=1_000_000)
     max_num_batched_tokens: int | None = Field(None, gt=0)
     kv_cache_dtype: Literal["auto", "bf16", "fp16", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
-    block_size: int = Field(16, gt=0, le=1024)
+    block_size: int | None = Field(None, gt=0, le=1024, description="KV block size in tokens; default is the "
+                                   "engine's (vLLM: 16 on GPUs, 128 on its CPU backend).")
     enable_prefix_caching: bool | None = None
     enable_chunked_prefill: bool | None = None
     shutdown_timeout: float | None = Field(None, ge=0, description="Seconds in-flight requests get after SIGTERM.")
@@ -162,14 +196,18 @@ class EngineArgs(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _typos(cls, data: Any) -> Any:
+        problems: list[tuple[str, str]] = []
         if isinstance(data, dict):
             for key in data:
                 if isinstance(key, str) and key not in KNOWN_ENGINE_ARGS:
                     close = difflib.get_close_matches(key, sorted(KNOWN_ENGINE_ARGS), n=1, cutoff=0.85)
                     if close:
-                        raise ValueError(f"unknown engine flag '{key}': did you mean '{close[0]}'?")
-                    if "-" in key:
-                        raise ValueError(f"engine flag '{key}' must be snake_case: '{key.replace('-', '_')}'")
+                        problems.append((key, f"unknown engine flag '{key}' — did you mean '{close[0]}'?"))
+                    elif "-" in key:
+                        problems.append((key, f"engine flag '{key}' must be snake_case — write "
+                                              f"'{key.replace('-', '_')}'"))
+        if problems:
+            raise located(problems[0][1], problems[0][0], problems[1:])
         return data
 
 
@@ -194,7 +232,7 @@ class ReplicaRange(Strict):
     @model_validator(mode="after")
     def _order(self) -> "ReplicaRange":
         if self.max < self.min:
-            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+            raise located(f"max ({self.max}) is below min ({self.min}) — raise max or lower min", "max")
         return self
 
 
@@ -213,12 +251,20 @@ class Hardware(Strict):
         ids = gpu_ids()
         if v not in ids:
             close = difflib.get_close_matches(v, ids, n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ValueError(f"unknown GPU '{v}': {hint}known: {', '.join(ids)}")
+            hint = f"did you mean '{close[0]}'? " if close else "use a catalog id: "
+            raise ValueError(f"unknown GPU '{v}' — {hint}known: {', '.join(ids)}")
         return v
 
 
 # ---------------------------------------------------------------- traffic & SLO
+def _check_order(profile: BaseModel, names: tuple[str, str, str]) -> None:
+    for low, high in zip(names, names[1:]):
+        a, b = getattr(profile, low), getattr(profile, high)
+        if a > b:
+            raise located(f"{low} ({a:g}) is above {high} ({b:g}) — needs {' <= '.join(names)}; raise {high} or "
+                          f"lower {low}", low)
+
+
 class RateProfile(Strict):
     p50: float = Field(ge=0, le=10_000_000)
     p95: float = Field(ge=0, le=10_000_000)
@@ -226,8 +272,7 @@ class RateProfile(Strict):
 
     @model_validator(mode="after")
     def _order(self) -> "RateProfile":
-        if not self.p50 <= self.p95 <= self.peak:
-            raise ValueError(f"needs p50 <= p95 <= peak, got {self.p50} / {self.p95} / {self.peak}")
+        _check_order(self, ("p50", "p95", "peak"))
         return self
 
 
@@ -238,8 +283,7 @@ class TokenProfile(Strict):
 
     @model_validator(mode="after")
     def _order(self) -> "TokenProfile":
-        if not self.p50 <= self.p95 <= self.max:
-            raise ValueError(f"needs p50 <= p95 <= max, got {self.p50} / {self.p95} / {self.max}")
+        _check_order(self, ("p50", "p95", "max"))
         return self
 
 
@@ -403,6 +447,15 @@ class Waiver(Strict):
     reason: str = Field(min_length=3)
     expires: dt.date
 
+    @field_validator("check", mode="before")
+    @classmethod
+    def _check_id(cls, v: Any) -> Any:
+        if isinstance(v, str) and not re.fullmatch(r"[A-Z]{3,4}-\d{3}", v):
+            hint = f"did you mean '{v.upper()}'? " if re.fullmatch(r"[A-Z]{3,4}-\d{3}", v.upper()) else ""
+            raise ValueError(f"'{v}' is not a check id — {hint}use an id like REL-004 (`forge readiness checks` "
+                             "lists them)")
+        return v
+
 
 class Evidence(Strict):
     load_results: list[str] = Field(default_factory=list)
@@ -435,9 +488,10 @@ class Deployment(Strict):
         args = self.engine.args
         parallel = args.tensor_parallel_size * args.pipeline_parallel_size
         if self.hardware.gpu != "CPU" and parallel > self.hardware.gpus_per_replica:
-            raise ValueError(
-                f"engine.args tensor_parallel_size x pipeline_parallel_size = {parallel} needs "
-                f"hardware.gpus_per_replica >= {parallel} (got {self.hardware.gpus_per_replica})"
+            raise located(
+                f"tensor_parallel_size x pipeline_parallel_size = {parallel} needs hardware.gpus_per_replica >= "
+                f"{parallel} (got {self.hardware.gpus_per_replica}) — set gpus_per_replica: {parallel} or lower "
+                "the parallelism", "engine.args.tensor_parallel_size"
             )
         return self
 

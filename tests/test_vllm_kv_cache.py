@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forge.readiness.capacity import estimate
 from forge.reference_stack import model_build
-from forge.reference_stack.vllm_engine import REPO_ROOT, EngineConfig, VllmEngine, free_port, vllm_python
+from forge.reference_stack.vllm_engine import (
+    LOOPBACK_OPENER, REPO_ROOT, EngineConfig, VllmEngine, free_port, stop_all, vllm_python,
+)
 from forge.schema import Deployment
 
 GiB = 1024**3
@@ -42,7 +43,6 @@ class KvCase:
     id: str
     engine: dict            # EngineConfig fields besides model and port
     deployment_args: dict   # the same sizing, as deploy.yaml's engine.args
-    extra: dict = field(default_factory=dict)
 
 
 CASES = [
@@ -59,7 +59,7 @@ CASE_IDS = [case.id for case in CASES]
 
 def deployment_for(case: KvCase) -> Deployment:
     return Deployment.model_validate({
-        "apiVersion": "forge/v1", "kind": "InferenceDeployment", "metadata": {"name": f"tiny-llama-{case.id}"},
+        "apiVersion": "forge/v1", "kind": "InferenceDeployment", "metadata": {"name": f"tiny-llama-{case.id.lower()}"},
         "model": {"name": "tiny-llama", "config_path": str(MODEL_DIR / "config.json")},
         "engine": {"name": "vllm", "args": case.deployment_args},
         "hardware": {"gpu": "CPU"},
@@ -69,12 +69,12 @@ def deployment_for(case: KvCase) -> Deployment:
 def http_json(url: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+    with LOOPBACK_OPENER.open(request, timeout=REQUEST_TIMEOUT_S) as response:
         return json.load(response)
 
 
 def metric_samples(engine: VllmEngine) -> dict[str, list]:
-    with urllib.request.urlopen(f"{engine.base_url}/metrics", timeout=REQUEST_TIMEOUT_S) as response:
+    with LOOPBACK_OPENER.open(f"{engine.base_url}/metrics", timeout=REQUEST_TIMEOUT_S) as response:
         text = response.read().decode()
     samples: dict[str, list] = {}
     for family in text_string_to_metric_families(text):
@@ -94,20 +94,21 @@ def model_dir() -> Path:
 @pytest.fixture(scope="module")
 def engines(model_dir: Path, tmp_path_factory) -> dict[str, VllmEngine]:
     logs = tmp_path_factory.mktemp("vllm-logs")
-    with ExitStack() as cleanup:
-        started: dict[str, VllmEngine] = {}
-        for case in CASES:
+    started: dict[str, VllmEngine] = {}
+    try:
+        for case in CASES:  # start all, then wait: the start-ups overlap
             config = EngineConfig(model_dir=model_dir, port=free_port(), served_model_name="tiny-llama",
                                   # Eager: no torch.compile and, with an explicit KV size, no warm-up pass
                                   # (~40 s instead of ~47-110 s per start); KV sizing does not depend on it.
                                   enforce_eager=True, **case.engine)
-            engine = VllmEngine(config, logs / f"{case.id}.log", startup_timeout_s=STARTUP_TIMEOUT_S)
-            cleanup.callback(engine.stop)  # registered first: stopped even if a later start or wait fails
-            engine.start()
-            started[case.id] = engine
+            started[case.id] = VllmEngine(config, logs / f"{case.id}.log", startup_timeout_s=STARTUP_TIMEOUT_S)
+            started[case.id].start()
         for engine in started.values():
             engine.wait_healthy()
         yield started
+    finally:
+        # Also when a start, a wait or a test fails: every engine started so far, its whole process group.
+        stop_all(list(started.values()))
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
