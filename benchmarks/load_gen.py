@@ -82,6 +82,8 @@ def main() -> None:
             print(f"{rate:>6g} | {forge['lag_p99_ms']:>16.2f} {forge['cpu_s_per_1000']:>14.2f} "
                   f"{str(forge['accounted']):>9} | {vllm_cell:>13}")
     print(f"highest rate with Forge schedule lag p99 <= {LAG_GOAL_S * 1000:g} ms: {best}")
+    print("CPU s/1k is the whole client process per 1,000 requests, start-up and tokenizer calibration included "
+          "(dominant at low rates).")
     print(f"GuideLLM: {'installed' if shutil.which('guidellm') else 'not installed here'} (not compared)")
 
 

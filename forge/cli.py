@@ -63,14 +63,23 @@ def _write_output(text: str, output: Path | None) -> None:
     tmp.replace(output)
 
 
+def _declares_deployment(path: Path) -> bool:
+    """Reads only the head of the file: a 50 MB YAML in a fleet folder costs nothing. An unreadable file counts,
+    so that the loader reports it instead of it vanishing from the fleet."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            return "kind: InferenceDeployment" in f.read(20_000)
+    except OSError:
+        return True
+
+
 def _expand(files: list[Path]) -> list[Path]:
     """Files stay files; a directory stands for every deploy file (kind: InferenceDeployment) under it (a fleet)."""
     out: list[Path] = []
     for f in files:
         if f.is_dir():
             found = sorted(
-                p for p in f.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
-                and "kind: InferenceDeployment" in p.read_text(encoding="utf-8", errors="replace")[:20_000]
+                p for p in f.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file() and _declares_deployment(p)
             )
             if not found:
                 raise InputError(f"{f}: is a directory with no deploy.yaml (kind: InferenceDeployment) under it — "
@@ -235,6 +244,7 @@ SUBAPPS = {
     "capacity": "forge.readiness.capacity_cli",
     "stack": "forge.reference_stack.cli",
     "alerts": "forge.alerts.cli",
+    "exporter": "forge.exporters.cli",
 }
 
 

@@ -102,6 +102,8 @@ def read_text(path: Path) -> str:
         raise InputError(f"{where}: no such file — check the path")
     if path.is_dir():
         raise InputError(f"{where}: is a directory — pass a deploy.yaml file (or use a directory to grade a fleet)")
+    if not path.is_file():  # a device or a pipe would read forever (/dev/zero) or block (a FIFO)
+        raise InputError(f"{where}: not a regular file — pass a deploy.yaml file")
     size = path.stat().st_size
     if size == 0:
         raise InputError(f"{where}: file is empty — start from one of readiness/examples/*.yaml")

@@ -328,6 +328,10 @@ def test_directory_without_deploy_files(tmp_path):
     error_lines(assess(str(tmp_path)), tmp_path, "no deploy.yaml", "pass a deploy.yaml file")
 
 
+def test_a_device_is_not_read_forever():
+    error_lines(assess("/dev/zero", timeout=30), "/dev/zero", "not a regular file")
+
+
 def test_empty_file(tmp_path):
     p = tmp_path / "deploy.yaml"
     p.write_text("")
