@@ -138,6 +138,10 @@ def assess_cmd(
                 _err(m)
         else:
             assessments.append(result)
+    if bad and output is not None and assessments:
+        # Never replace the last good report with one that silently lacks the files that failed to load.
+        _err(f"--output {output}: not written because of the input errors above — fix them and run again")
+        raise typer.Exit(EXIT_BAD_INPUT)
     if assessments:
         from forge.readiness.reports import print_table, render
 
@@ -228,6 +232,9 @@ def schema_cmd(
         _write_output(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n", output)
     except InputError as exc:
         _err(exc.messages[0])
+        raise typer.Exit(EXIT_BAD_INPUT)
+    except OSError as exc:
+        _err(f"--output {output}: {exc.strerror} — choose a writable path")
         raise typer.Exit(EXIT_BAD_INPUT)
 
 

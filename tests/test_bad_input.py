@@ -481,3 +481,23 @@ def test_existing_output_survives_invalid_input(tmp_path):
     error_lines(assess(str(bad), "--format", "json", "--output", str(out)), bad, "slo.availability")
     assert out.read_text() == '{"last": "good report"}\n' and out.stat().st_mtime_ns == before
     assert sorted(x.name for x in tmp_path.iterdir()) == ["deploy.yaml", "report.json"]  # no temp file left over
+
+
+def test_existing_output_survives_when_one_of_several_files_is_bad(tmp_path):
+    good = write(tmp_path / "good.yaml", BASE)
+    bad = mutated(tmp_path, lambda d: d["hardware"].update(gpu="H100-SXM"), name="bad.yaml")
+    out = tmp_path / "report.json"
+    out.write_text('{"last": "good report"}\n')
+    r = assess(str(good), str(bad), "--format", "json", "--output", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "unknown GPU 'H100-SXM'" in r.stderr and f"--output {out}: not written" in r.stderr
+    assert out.read_text() == '{"last": "good report"}\n'
+
+
+def test_schema_output_to_an_unwritable_path(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = subprocess.run([sys.executable, "-m", "forge.cli", "readiness", "schema", "--output",
+                        str(blocker / "schema.json")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("forge: error: --output") and "writable" in r.stderr

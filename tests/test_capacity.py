@@ -67,11 +67,14 @@ def test_tiny_llama_other_configurations(tmp_path):
 
 
 def test_kv_tokens_round_down_to_whole_blocks(tmp_path):
-    # One byte short of 1 GiB loses the whole last 16-token block (8,192 B), as vLLM's num_blocks = mem // block.
+    # One byte short of 1 GiB loses the whole last block, as vLLM's num_blocks = mem // block: 128 tokens
+    # (65,536 B) with the CPU backend's default block size, 16 tokens (8,192 B) with block_size 16.
     short = estimate(_tiny_cpu(tmp_path, kv_cache_memory_bytes=GiB - 1), tmp_path)
-    assert short.kv_tokens_per_replica == 2_097_152 - 16
-    extra = estimate(_tiny_cpu(tmp_path, kv_cache_memory_bytes=GiB + 8191), tmp_path)
+    assert short.kv_tokens_per_replica == 2_097_152 - 128
+    extra = estimate(_tiny_cpu(tmp_path, kv_cache_memory_bytes=GiB + 65_535), tmp_path)
     assert extra.kv_tokens_per_replica == 2_097_152
+    small_blocks = estimate(_tiny_cpu(tmp_path, kv_cache_memory_bytes=GiB - 1, block_size=16), tmp_path)
+    assert small_blocks.kv_tokens_per_replica == 2_097_152 - 16
 
 
 def test_reference_stack_architecture_block_agrees_with_its_config():
