@@ -252,6 +252,7 @@ SUBAPPS = {
     "stack": "forge.reference_stack.cli",
     "alerts": "forge.alerts.cli",
     "exporter": "forge.exporters.cli",
+    "load": "forge.load.cli",
 }
 
 
