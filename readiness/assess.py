@@ -72,6 +72,23 @@ class CheckContext:
         _ = self.capacity
         return self._capacity_error
 
+    @cached_property
+    def load_evidence(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Evidence records of evidence.load_results (paths relative to the deploy file), and the one-line errors
+        of the files that can't be read."""
+        names = self.d.evidence.load_results if self.d.evidence else []
+        if not names:
+            return [], []
+        from forge.load.evidence import load_evidence
+
+        records, errors = [], []
+        for name in names:
+            try:
+                records.append(load_evidence(self.base_dir / name, slo=self.d.slo))
+            except InputError as exc:
+                errors.extend(exc.messages)
+        return records, errors
+
     def days_since(self, day: dt.date) -> int:
         return (self.as_of - day).days
 

@@ -292,3 +292,32 @@ def test_json_shape_matches_the_contract():
                                      "remediation"}
     assert d["verdict"] in ("ready", "not_ready")
 
+
+
+# ------------------------------------------------------------------ evidence beats claims
+LOAD_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "load"
+
+
+def test_load_results_are_read_as_evidence(tmp_path):
+    data = base()
+    (tmp_path / "bench.json").write_text((LOAD_FIXTURES / "vllm_bench_serve.json").read_text())
+    data["evidence"] = {"load_results": ["bench.json"]}
+    a = assess_dict(tmp_path, data)
+    assert status_of(a, "PERF-008") == "pass" and finding(a, "PERF-008").basis == "evidence"
+    perf = finding(a, "PERF-010")
+    assert perf.status == "pass" and perf.basis == "evidence"
+    assert perf.evidence["vllm_bench_serve:itl_p95_seconds"] == 0.024
+
+    # The same deployment claiming a tighter ITL SLO than the replay achieved: the evidence contradicts it.
+    data["slo"]["itl_p95_seconds"] = 0.02
+    a = assess_dict(tmp_path, data)
+    f = finding(a, "PERF-010")
+    assert f.status == "fail" and "ITL p95 0.024s > SLO 0.02s" in f.message
+
+
+def test_unreadable_load_results_are_a_finding(tmp_path):
+    data = base()
+    (tmp_path / "junk.json").write_text("not json at all")
+    data["evidence"] = {"load_results": ["junk.json", "missing.json"]}
+    f = finding(assess_dict(tmp_path, data), "PERF-008")
+    assert f.status == "fail" and len(f.evidence["errors"]) == 2

@@ -162,17 +162,49 @@ def chunked_prefill(ctx):
 @check("PERF-008", "performance", "medium", "Capacity is validated by replayed load, not only predicted",
        rationale="""Models and vendor numbers are a starting point; the framework asks for capacity validated on
        realistic traffic replay.""",
-       remediation="""Replay realistic traffic (vllm bench serve, GuideLLM, AIPerf) at 1× and 3× and list the results in
-       evidence.load_results.""",
+       remediation="""Replay realistic traffic (`forge load run`, vllm bench serve --save-result, GuideLLM, AIPerf)
+       at 1× and 3× and list the result files in evidence.load_results.""",
        path="evidence.load_results")
 def load_validated(ctx):
-    ev = s.evidence(ctx)
-    if not ev.load_results:
+    names = s.evidence(ctx).load_results
+    if not names:
         return violated("no load test results in evidence.load_results", warn=True)
-    missing = [p for p in ev.load_results if not (ctx.base_dir / p).exists()]
-    if missing:
-        return violated(f"load results not found: {', '.join(missing)}", missing=missing)
-    return passed(f"{len(ev.load_results)} load result file(s)", files=ev.load_results)
+    records, errors = ctx.load_evidence
+    if errors:
+        return violated(f"{len(errors)} load result file(s) unreadable: {errors[0]}", errors=errors)
+    outcome = passed(f"{len(records)} load result file(s): " + ", ".join(
+        f"{r['source']} at {r['shape'].get('request_rate') or '?'} req/s" for r in records), files=names)
+    outcome.basis = "evidence"
+    return outcome
+
+
+@check("PERF-010", "performance", "high", "Measured latency under load meets the SLO",
+       rationale="""A prediction that meets the SLO is a claim; a replayed load whose p95 TTFT or inter-token latency
+       misses it is evidence, and evidence wins.""",
+       remediation="""Add replicas or tune the engine (max_num_seqs, chunked prefill, prefix caching) until a replay at
+       the declared traffic meets slo.ttft_p95_seconds and slo.itl_p95_seconds, then record the new results.""",
+       path="evidence.load_results")
+def measured_latency(ctx):
+    slo = s.slo(ctx)
+    records, _ = ctx.load_evidence
+    if not records or (slo.ttft_p95_seconds is None and slo.itl_p95_seconds is None):
+        return not_applicable("needs load results and a latency SLO")
+    misses, measured = [], {}
+    for r in records:
+        pct = r["percentiles_s"]
+        for signal, limit in (("ttft", slo.ttft_p95_seconds), ("itl", slo.itl_p95_seconds)):
+            p95 = (pct.get(signal) or {}).get("p95")
+            if limit is None or p95 is None:
+                continue
+            measured[f"{r['source']}:{signal}_p95_seconds"] = round(p95, 4)
+            if p95 > limit:
+                misses.append(f"{signal.upper()} p95 {p95:.3f}s > SLO {limit:g}s ({r['path']})")
+    if not measured:
+        return not_applicable("the load results report no TTFT/ITL percentiles")
+    outcome = violated("measured under load: " + "; ".join(misses), **measured) if misses else \
+        passed("measured p95 latency within the SLO", **measured)
+    outcome.basis = "evidence"
+    return outcome
 
 
 @check("PERF-009", "performance", "high", "There is headroom for 3× traffic",
