@@ -253,6 +253,7 @@ SUBAPPS = {
     "alerts": "forge.alerts.cli",
     "exporter": "forge.exporters.cli",
     "load": "forge.load.cli",
+    "dashboards": "forge.dashboards.cli",
 }
 
 
