@@ -29,12 +29,13 @@ demo: install
 	done
 	@echo "Reports written to $(OUT)/ — open $(OUT)/readiness.html in a browser."
 
+# Tests marked `gpu` need an NVIDIA GPU: they run on the device machine (docs/exporter.md), not here.
 test: install $(TEST_DEPS)
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 # Everything but the tests that start real engines (for a quick local loop).
 test-fast: install
-	$(BIN)/pytest -q -m "not vllm" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not vllm and not gpu and not stack" $(PYTEST_ARGS)
 
 schema: install
 	$(BIN)/forge readiness schema --output readiness/deploy.schema.json

@@ -4,6 +4,9 @@
 # Installed only when a binary is missing (a machine with its own HAProxy keeps it); the stamp is written last,
 # so an interrupted install is retried by the next make.
 STACK_STAMP := .forge/stamps/apt-stack
+# Same values as mk/monitoring.mk (which sets them when it is read first); here for when it is not.
+PROMTOOL_STAMP ?= .forge/stamps/apt-prometheus
+APT_AS_ROOT ?= $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: stack-deps
 

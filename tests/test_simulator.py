@@ -22,7 +22,8 @@ from forge.reference_stack.simulator.tokenizer import CHARS_PER_TOKEN
 
 pytestmark = pytest.mark.timeout(120)
 
-REFERENCE_PAGE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vllm-0.32-cpu-metrics.txt"
+# A committed copy of the real page in ../shared/reference/vllm-0.32-cpu-metrics.txt (CI clones have no shared/).
+REFERENCE_PAGE = Path(__file__).resolve().parent / "fixtures" / "metrics" / "vllm-0.32.txt"
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 SPEC_FAMILIES = {"vllm:spec_decode_num_drafts_total", "vllm:spec_decode_num_draft_tokens_total",

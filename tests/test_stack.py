@@ -6,11 +6,10 @@ prometheus-alertmanager (`make stack-deps`, part of `make test`)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import time
-import urllib.request
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -71,6 +70,11 @@ def _fast_engine_down_rules(directory: Path) -> Path:
 
 def _get_json(url: str, body: dict | None = None, timeout: float = 10.0) -> dict:
     return stack.http_json(url, timeout_s=timeout, body=body)
+
+
+def _query(running, promql: str) -> list[dict]:
+    url = f"{running.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    return _get_json(url)["data"]["result"]
 
 
 def _complete(gateway_url: str) -> dict:
@@ -142,12 +146,12 @@ def test_prometheus_loaded_forge_rules(running):
 
 
 def test_prometheus_has_engine_data(running):
-    def series(query):
-        return _get_json(f"{running.prometheus_url}/api/v1/query?query={query}")["data"]["result"]
+    def series(promql):
+        return _query(running, promql)
 
     engine_series = _wait_for(lambda: len(series("vllm:num_requests_running")) == 2 and
                               len(series("forge_engine_up")) == 2 and
-                              len(series("haproxy_server_up")) >= 2, 30, 0.5)
+                              len(series('haproxy_server_status{proxy="engines",state="UP"}==1')) == 2, 30, 0.5)
     assert engine_series, (series("vllm:num_requests_running"), series("forge_engine_up"))
     replicas = {s["metric"]["replica"]: s["value"][1] for s in series("forge_engine_up")}
     assert replicas == {"s0": "1", "s1": "1"}
@@ -198,8 +202,10 @@ def test_crashed_replica_marked_down_traffic_continues_and_alert_fires(running):
     assert not [e for e in alert_events(running.receiver_file) if e["labels"].get("replica") == "s0"
                 and e["alertname"] == TEST_ALERT]
 
-    up_series = _get_json(f"{running.prometheus_url}/api/v1/query?query=up{{job=\"engines\"}}")["data"]["result"]
+    up_series = _query(running, 'up{job="engines"}')
     assert {s["metric"]["replica"]: s["value"][1] for s in up_series} == {"s0": "1", "s1": "0"}
+    haproxy_view = _query(running, 'haproxy_server_status{proxy="engines",state="UP"}')
+    assert {s["metric"]["server"]: s["value"][1] for s in haproxy_view} == {"s0": "1", "s1": "0"}
 
 
 def test_status_and_logs_commands(running):
