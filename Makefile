@@ -27,7 +27,11 @@ demo: install
 	  $(BIN)/forge readiness assess reference-stack/deploy.yaml --format $$fmt --output $(OUT)/readiness.$$ext; \
 	  rc=$$?; [ $$rc -le 1 ] || exit $$rc; \
 	done
-	@echo "Reports written to $(OUT)/ — open $(OUT)/readiness.html in a browser."
+	@$(BIN)/forge readiness assess readiness/examples --format html --output $(OUT)/fleet.html; \
+	  rc=$$?; [ $$rc -le 1 ] || exit $$rc
+	@$(BIN)/forge capacity plan reference-stack/deploy.yaml --format json > $(OUT)/capacity.json
+	@echo "Reports written to $(OUT)/ — open $(OUT)/readiness.html (reference stack) and $(OUT)/fleet.html" \
+	  "(the nine examples) in a browser."
 
 # Tests marked `gpu` need an NVIDIA GPU: they run on the device machine (docs/exporter.md), not here.
 test: install $(TEST_DEPS)

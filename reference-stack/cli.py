@@ -20,7 +20,7 @@ EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 # A build takes about 10 s on 2 cores (tokenizer training dominates); the bound only catches a hang.
 MODEL_BUILD_TIMEOUT_S = 600
 
-app = typer.Typer(help="The reference stack: real vLLM (CPU) serving a generated tiny Llama.",
+app = typer.Typer(help="The reference stack: engines (real vLLM or the simulator) behind HAProxy, Prometheus, Alertmanager.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 model_app = typer.Typer(help="The tiny Llama the real engine serves, generated locally and deterministically.",
                         no_args_is_help=True)
@@ -68,3 +68,10 @@ def model_verify_cmd(
     if problems:
         raise typer.Exit(EXIT_FAILED)
     typer.echo(f"{model_dir}: {len(manifest['files'])} files match the manifest")
+
+
+# The running stack (engines behind HAProxy, Prometheus, Alertmanager, receiver): up, status, down, logs, gateway.
+from forge.reference_stack import stack_cli  # noqa: E402  (its own module; merged here so `forge stack` has both)
+
+app.registered_commands += stack_cli.app.registered_commands
+app.registered_groups += stack_cli.app.registered_groups

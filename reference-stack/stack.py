@@ -490,26 +490,26 @@ def _start_all(plan: StackPlan, state: StackState, configs: dict[str, Path], bin
         p.prometheus, f"http://{HOST}:{p.prometheus}", f"http://{HOST}:{p.prometheus}/-/ready"))
     services.append(spawn("haproxy", "haproxy", [binaries["haproxy"], "-db", "-f", str(configs["haproxy"].resolve())],
                           p.gateway, f"http://{HOST}:{p.gateway}", f"http://{HOST}:{p.haproxy_stats}/metrics"))
-    exporter = None
+    progress("waiting for receiver, Alertmanager, Prometheus, HAProxy")
+    _wait_healthy(services, SERVICE_STARTUP_TIMEOUT_S)
+    progress(f"waiting for the engines (/health), up to {_engine_timeout(plan):.0f} s")
+    _wait_healthy(engines, _engine_timeout(plan))
+    # The exporter starts once the engines answer: started earlier, it reports forge_engine_up 0 through vLLM's
+    # minute of start-up and ForgeEngineDown (for: 1m) pages for a stack that is merely starting (seen here).
     if with_exporter:
         forge_cli = [sys.executable, "-c", "import sys; from forge.cli import main; sys.argv[0] = 'forge'; main()"]
         exporter = spawn("exporter", "exporter", [*forge_cli, "exporter", "run", "--config",
                                                   str(configs["exporter"].resolve())],
                          p.exporter, f"http://{HOST}:{p.exporter}", f"http://{HOST}:{p.exporter}/metrics")
-    progress("waiting for receiver, Alertmanager, Prometheus, HAProxy")
-    _wait_healthy(services, SERVICE_STARTUP_TIMEOUT_S)
-    if exporter is not None:
         try:
             _wait_healthy([exporter], SERVICE_STARTUP_TIMEOUT_S)
         except StackError as exc:
-            # The exporter is optional for the stack: note why and go on without it (Prometheus still scrapes
-            # the engines directly; the Forge rules then have no data).
+            # Optional for the stack: note why and go on without it (Prometheus still scrapes the engines
+            # directly; the Forge rules then have no data).
             _stop_components([exporter])
             state.components.remove(exporter)
             state.notes.append(f"Forge exporter failed to start, skipped: {str(exc).splitlines()[0]}")
             state.save()
-    progress(f"waiting for the engines (/health), up to {_engine_timeout(plan):.0f} s")
-    _wait_healthy(engines, _engine_timeout(plan))
     # Ready means routable: HAProxy has seen `rise` good checks of every replica.
     _wait_gateway_up(state, plan)
 
