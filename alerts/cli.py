@@ -6,12 +6,14 @@ Also runnable without the mount: ``python -m forge.alerts.cli build``. Exit code
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from forge.console import error as _err
+from forge.console import write_atomic
 
 from forge.alerts.generate import (DEFAULT_RUNBOOK_BASE_URL, VLLM_BUCKET_BOUNDS, Settings, build_rules,
                                    bucket_bounds_from_page, render, settings_from_deployment)
@@ -22,10 +24,6 @@ GENERIC_RULES_FILE = "forge-rules.yaml"
 
 app = typer.Typer(help="Prometheus recording and alerting rules from the signal catalog and deploy.yaml's SLOs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-def _err(message: str) -> None:
-    sys.stderr.write(f"forge: error: {message}\n")
 
 
 def rules_file_name(deploy: Path | None) -> str:
@@ -70,10 +68,8 @@ def generate_file(deploy: Path | None, out: Path, runbook_base_url: str = DEFAUL
     target = out / rules_file_name(deploy) if out.is_dir() or out.suffix not in (".yaml", ".yml") else out
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a failed run never leaves half a rule file where Prometheus loads it.
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        tmp.write_text(render(rules, _command_line(deploy, runbook_base_url, metrics_page)), encoding="utf-8")
-        tmp.replace(target)
+        # Never half a rule file where Prometheus loads it.
+        write_atomic(target, render(rules, _command_line(deploy, runbook_base_url, metrics_page)))
     except OSError as exc:
         raise InputError(f"--out {out}: {exc.strerror} — choose a writable directory or .yaml file") from None
     return target, rules.notes

@@ -6,12 +6,14 @@ Also runnable without the mount: ``python -m forge.dashboards.cli build``. Exit 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from forge.console import error as _err
+from forge.console import write_atomic
 
 from forge.errors import InputError
 
@@ -20,10 +22,6 @@ DEFAULT_OUT = Path("dashboards/generated")
 
 app = typer.Typer(help="Grafana dashboards from the signal catalog, the alert recording rules and deploy.yaml.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-def _err(message: str) -> None:
-    sys.stderr.write(f"forge: error: {message}\n")
 
 
 def generate(deploy: Path | None, out: Path) -> tuple[list[Path], list[str]]:
@@ -42,10 +40,7 @@ def generate(deploy: Path | None, out: Path) -> tuple[list[Path], list[str]]:
         out.mkdir(parents=True, exist_ok=True)
         for name, board in boards.items():
             target = out / name
-            # Write then rename: a failed run never leaves half a dashboard where provisioning reads it.
-            tmp = target.with_name(f".{name}.tmp{os.getpid()}")
-            tmp.write_text(render(board), encoding="utf-8")
-            tmp.replace(target)
+            write_atomic(target, render(board))  # never half a dashboard where provisioning reads it
             written.append(target)
     except OSError as exc:
         raise InputError(f"--out {out}: {exc.strerror} — choose a writable directory") from None

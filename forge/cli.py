@@ -13,6 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from forge import __version__
+from forge.console import error as _err
+from forge.console import write_atomic
 from forge.errors import InputError
 
 EXIT_READY, EXIT_NOT_READY, EXIT_BAD_INPUT = 0, 1, 2
@@ -44,9 +46,6 @@ class FailOn(str, Enum):
     warn = "warn"
 
 
-def _err(message: str) -> None:
-    """One line per problem on stderr, never a traceback."""
-    sys.stderr.write(f"forge: error: {message}\n")
 
 
 def _write_output(text: str, output: Path | None) -> None:
@@ -57,10 +56,7 @@ def _write_output(text: str, output: Path | None) -> None:
         raise InputError(f"--output {output}: is a directory — give a file path, e.g. {output}/report.html")
     if not output.parent.exists():
         output.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: an interrupted run never leaves half a report where the last good one was.
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(output)
+    write_atomic(output, text)
 
 
 def _declares_deployment(path: Path) -> bool:

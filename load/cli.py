@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import time
@@ -20,6 +19,9 @@ from typing import Annotated, Any, Optional
 import httpx
 import typer
 from typer.core import TyperCommand
+
+from forge.console import error as _err
+from forge.console import write_atomic
 
 try:  # recent typer vendors click; its UsageError is not click's
     from typer._click.exceptions import UsageError
@@ -66,10 +68,6 @@ class Api(str, Enum):
     chat = "chat"
 
 
-def _err(message: str) -> None:
-    sys.stderr.write(f"forge: error: {message}\n")
-
-
 def _guarded(func):
     """InputError -> one line per message, exit 2 (also when this app runs on its own, outside forge/cli.py)."""
     import functools
@@ -108,9 +106,7 @@ def _parse_window(text: Optional[str]) -> tuple[float, float] | None:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _progress_table(stats: LiveStats, started: float, duration_s: float):

@@ -23,7 +23,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from forge.errors import InputError
 from forge.hardware import GPU, get as get_gpu
 from forge.models import ModelGeometry, dtype_bytes, geometry, layers_per_stage
 from forge.schema import Deployment, TokenProfile

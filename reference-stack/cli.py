@@ -7,11 +7,12 @@ venv included: a setup step the user must run).
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from forge.console import error as _err
 
 from forge.reference_stack import model_build
 from forge.reference_stack.vllm_engine import missing_vllm_message, vllm_python
@@ -25,10 +26,6 @@ app = typer.Typer(help="The reference stack: engines (real vLLM or the simulator
 model_app = typer.Typer(help="The tiny Llama the real engine serves, generated locally and deterministically.",
                         no_args_is_help=True)
 app.add_typer(model_app, name="model")
-
-
-def _err(message: str) -> None:
-    sys.stderr.write(f"forge: error: {message}\n")
 
 
 @model_app.command("build")

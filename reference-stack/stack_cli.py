@@ -15,6 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from forge.console import error as _err
+
 from forge.reference_stack import stack
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -35,10 +37,6 @@ class Engine(str, Enum):
 class Format(str, Enum):
     table = "table"
     json = "json"
-
-
-def _err(message: str) -> None:
-    sys.stderr.write(f"forge: error: {message}\n")
 
 
 @app.command("up")
