@@ -131,8 +131,28 @@ def _one_line(text: str) -> str:
     return text if len(text) <= _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT - 1] + "…"
 
 
-def parse_page(text: str) -> _Page:
-    """Parse Prometheus text exposition; NormalizeError for anything else."""
+def parse_page(text: str, *, engine: str | None = None, catalog: Catalog | None = None,
+               parser: str = "fast") -> _Page:
+    """Parse Prometheus text exposition; NormalizeError for anything else.
+
+    parser="fast" (the default) reads plain exposition lines itself and keeps samples only of the families the
+    catalog maps for the page's engine (`engine`, or the detected one); a page it isn't sure of (exemplars,
+    OpenMetrics, unusual escapes or spacing) is parsed by prometheus_client instead, so the result and every
+    error are the same either way. parser="prometheus_client" always uses prometheus_client and keeps every
+    family (the reference the fast parser is tested against).
+    """
+    _check_page_kind(text)
+    if parser == "fast":
+        try:
+            return _parse_fast(text, engine, catalog or get_catalog())
+        except _Unusual:
+            pass  # something only prometheus_client's parser handles: let it decide, errors included
+    elif parser != "prometheus_client":
+        raise ValueError(f"parser {parser!r}: use 'fast' or 'prometheus_client'")
+    return _parse_reference(text)
+
+
+def _check_page_kind(text: str) -> None:
     if not isinstance(text, str):
         raise NormalizeError("metrics page: expected text, got bytes — decode it as UTF-8 first")
     if "\x00" in text:
@@ -145,6 +165,22 @@ def parse_page(text: str) -> _Page:
     if stripped.startswith(("{", "[")):
         raise NormalizeError("metrics page: JSON, not Prometheus text — trtllm-serve's /metrics is JSON; "
                              "scrape /prometheus/metrics")
+
+
+def _type_conflict(name: str, first: str, second: str) -> NormalizeError:
+    return NormalizeError(f"metrics page: {name} is declared both {first} and {second} "
+                          f"— conflicting series; fix the engine's exporter", reason="duplicate_series")
+
+
+def _duplicate(series: tuple[str, LabelKey]) -> NormalizeError:
+    labels = ",".join(f'{k}="{v}"' for k, v in series[1])
+    return NormalizeError(_one_line(f"metrics page: series {series[0]}{{{labels}}} appears more than once — a "
+                                    f"page lists each series once; nothing from it is exported"),
+                          reason="duplicate_series")
+
+
+def _parse_reference(text: str) -> _Page:
+    """prometheus_client's parser, every family kept."""
     families: dict[str, _RawFamily] = {}
     samples_by_name: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
     # A series listed twice would be added up by the mapping (a false value), so such a page is refused.
@@ -153,15 +189,11 @@ def parse_page(text: str) -> _Page:
         for family in text_string_to_metric_families(text):
             raw = families.setdefault(family.name, _RawFamily(family.name, family.type, []))
             if raw.type != family.type:
-                raise NormalizeError(f"metrics page: {family.name} is declared both {raw.type} and {family.type} "
-                                     f"— conflicting series; fix the engine's exporter", reason="duplicate_series")
+                raise _type_conflict(family.name, raw.type, family.type)
             for sample in family.samples:
                 series = (sample.name, tuple(sorted(sample.labels.items())))
                 if series in seen_series:
-                    labels = ",".join(f'{k}="{v}"' for k, v in series[1])
-                    raise NormalizeError(_one_line(f"metrics page: series {sample.name}{{{labels}}} appears more "
-                                                   f"than once — a page lists each series once; nothing from it "
-                                                   f"is exported"), reason="duplicate_series")
+                    raise _duplicate(series)
                 seen_series.add(series)
                 raw.samples.append((sample.name, dict(sample.labels), float(sample.value)))
                 samples_by_name[sample.name].append((dict(sample.labels), float(sample.value)))
@@ -178,16 +210,181 @@ def parse_page(text: str) -> _Page:
     return _Page(families, samples_by_name)
 
 
+# --------------------------------------------------------------------------------- the fast parser
+#
+# It accepts only a strict subset of what prometheus_client accepts, and reads that subset the same way
+# (line splitting, family grouping, counter `_total` naming, escapes, int-vs-float values); anything else raises
+# _Unusual and the page goes to prometheus_client. tests/test_catalog_normalize.py holds the two to equality.
+
+class _Unusual(Exception):
+    """A line the fast parser leaves to prometheus_client."""
+
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL_VALUE = r'(?:[^"\\]|\\[\\"n])*'          # only the three escapes the format defines
+_LABEL = r'[a-zA-Z][a-zA-Z0-9_]*="' + _LABEL_VALUE + r'"|_[a-zA-Z0-9][a-zA-Z0-9_]*="' + _LABEL_VALUE + r'"'
+_VALUE = (r"[-+]?(?:[0-9]{1,40}(?:\.[0-9]{0,40})?|\.[0-9]{1,40})(?:[eE][-+]?[0-9]{1,3})?"
+          r"|[-+]?Inf|NaN")
+_SAMPLE_LINE = re.compile(rf"({_NAME})(?:\{{((?:{_LABEL})(?:,(?:{_LABEL}))*,?|)\}})? +({_VALUE})(?: +-?[0-9]{{1,20}})?")
+_LABEL_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="(' + _LABEL_VALUE + ')"')
+_COMMENT_LINE = re.compile(rf"# (HELP|TYPE) ({_NAME})(?:[ \t]+(.*))?")
+_ESCAPE = re.compile(r'\\[\\n"]')
+_UNESCAPED = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
+_SUFFIXES = {"counter": ("",), "gauge": ("",), "summary": ("_count", "_sum", ""),
+             "histogram": ("_count", "_sum", "_bucket"), "untyped": ("",)}
+
+
+def _unescape(value: str) -> str:
+    return _ESCAPE.sub(lambda m: _UNESCAPED[m.group(0)], value) if "\\" in value else value
+
+
+# (sample name, labels as written — values still escaped — or None, value as written)
+_RawSample = tuple[str, "dict[str, str] | None", str]
+
+
+def _tokenize(text: str) -> list[tuple[str, str, list[_RawSample]]]:
+    """Families in page order, grouped exactly as prometheus_client groups them; _Unusual for anything else."""
+    out: list[tuple[str, str, list[_RawSample]]] = []
+    name, typ, samples, allowed = "", "untyped", [], ()
+    sample_line, pair, comment_line = _SAMPLE_LINE.fullmatch, _LABEL_PAIR.findall, _COMMENT_LINE.fullmatch
+    for line in text.split("\n"):
+        line = line.strip()
+        if not line:
+            continue
+        if line[0] == "#":
+            found = comment_line(line)
+            if found is None:
+                if "HELP" in line or "TYPE" in line:
+                    raise _Unusual(line)
+                continue  # a plain comment
+            kind, candidate, rest = found.groups()
+            if kind == "HELP":
+                if candidate != name:
+                    if name:
+                        out.append((name, typ, samples))
+                    name, typ, samples, allowed = candidate, "untyped", [], (candidate,)
+            else:
+                if rest not in _SUFFIXES:
+                    raise _Unusual(line)
+                if candidate != name:
+                    if name:
+                        out.append((name, typ, samples))
+                    name, samples = candidate, []
+                typ = rest
+                allowed = tuple(name + suffix for suffix in _SUFFIXES[typ])
+            continue
+        found = sample_line(line)
+        if found is None:
+            raise _Unusual(line)
+        sample_name, label_text, value = found.groups()
+        labels = None
+        if label_text:
+            pairs = pair(label_text)
+            labels = dict(pairs)
+            if len(labels) != len(pairs):
+                raise _Unusual(line)  # a label given twice: prometheus_client's error message
+            if "\\" in label_text:
+                labels = {k: _unescape(v) for k, v in labels.items()}
+        if sample_name in allowed:
+            samples.append((sample_name, labels, value))
+        else:  # prometheus_client makes such a sample an untyped family of its own
+            if name:
+                out.append((name, typ, samples))
+            name, typ, samples, allowed = "", "untyped", [], ()
+            out.append((sample_name, "untyped", [(sample_name, labels, value)]))
+    if name:
+        out.append((name, typ, samples))
+    # prometheus_client's counter naming: family `x` for `x_total`, and `_total` added where it is missing
+    for i, (name, typ, samples) in enumerate(out):
+        if typ == "counter":
+            if name.endswith("_total"):
+                out[i] = (name[:-6], typ, samples)
+            else:
+                out[i] = (name, typ, [(sample_name + "_total", labels, value) for sample_name, labels, value in samples])
+    return out
+
+
+def _float(value: str) -> float:
+    number = float(value)
+    if number == 0.0 and value[0] == "-" and value[1:].isdigit():
+        return 0.0  # prometheus_client reads "-0" as the int 0, not -0.0
+    return number
+
+
+def _parse_fast(text: str, engine: str | None, catalog: Catalog) -> _Page:
+    tokens = _tokenize(text)
+    if engine not in catalog.dialects:
+        engine = _best_dialect({name for name, _, _ in tokens}, catalog)
+    wanted, prefix = _wanted_names(catalog, engine)
+    families: dict[str, _RawFamily] = {}
+    samples_by_name: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+    seen_series: set[tuple[str, LabelKey]] = set()
+    # Every line is read by now, so the errors below come in the order prometheus_client's reading gives them.
+    for family_name, family_type, samples in tokens:
+        raw = families.setdefault(family_name, _RawFamily(family_name, family_type, []))
+        if raw.type != family_type:
+            raise _type_conflict(family_name, raw.type, family_type)
+        keep = (family_name in wanted or (prefix is not None and family_name.startswith(prefix))
+                or any(name in wanted for name, _, _ in samples))
+        total_name = family_name + "_total" if family_type == "counter" else None
+        for sample_name, labels, value in samples:
+            if labels:
+                series = (sample_name, tuple(sorted(labels.items())))
+            else:
+                labels, series = {}, (sample_name, ())
+            if series in seen_series:
+                raise _duplicate(series)
+            seen_series.add(series)
+            if keep:  # families the catalog doesn't map for this engine are checked, never stored
+                number = _float(value)
+                raw.samples.append((sample_name, labels, number))
+                samples_by_name[sample_name].append((labels, number))
+                if sample_name == total_name:
+                    samples_by_name[family_name].append((labels, number))
+    if not families:
+        raise NormalizeError("metrics page: no samples — is the engine started with metrics enabled?")
+    return _Page(families, samples_by_name)
+
+
+_WANTED_CACHE: dict[tuple[int, str | None], tuple[Catalog, frozenset[str], str | None]] = {}
+
+
+def _wanted_names(catalog: Catalog, dialect_id: str | None) -> tuple[frozenset[str], str | None]:
+    """Sample and family names the catalog reads for one dialect, and the dialect's only_models_in prefix."""
+    cached = _WANTED_CACHE.get((id(catalog), dialect_id))
+    if cached is not None and cached[0] is catalog:
+        return cached[1], cached[2]
+    names: set[str] = set()
+    prefix = None
+    if dialect_id is not None:
+        dialect = catalog.dialects[dialect_id]
+        prefix = dialect.only_models_in if dialect.model_label else None
+        for signal in catalog.signals.values():
+            for mapping in signal.sources.get(dialect_id, ()):
+                selectors = [*(mapping.ratio or ()), *mapping.only_if_absent]
+                if mapping.selector is not None:
+                    selectors.append(mapping.selector)
+                names.update(s.metric for s in selectors)
+    _WANTED_CACHE[(id(catalog), dialect_id)] = (catalog, frozenset(names), prefix)
+    return frozenset(names), prefix
+
+
 def detect_dialect(page: _Page, catalog: Catalog | None = None) -> str:
     """The dialect whose name prefixes cover most families of the page."""
     cat = catalog or get_catalog()
-    scores = {d.id: sum(1 for name in page.families if name.startswith(d.detect)) for d in cat.dialects.values()}
-    best = max(scores, key=lambda d: scores[d])
-    if scores[best] == 0:
+    best = _best_dialect(page.families, cat)
+    if best is None:
         prefixes = ", ".join(p for d in cat.dialects.values() for p in d.detect)
         raise NormalizeError(f"metrics page: no known engine or GPU metrics (expected names starting with "
                              f"{prefixes}) — pass the engine explicitly if it is renamed", reason="unknown_engine")
     return best
+
+
+def _best_dialect(names: Iterable[str], catalog: Catalog) -> str | None:
+    names = list(names)
+    scores = {d.id: sum(1 for name in names if name.startswith(d.detect)) for d in catalog.dialects.values()}
+    best = max(scores, key=lambda d: scores[d])
+    return best if scores[best] else None
 
 
 # ----------------------------------------------------------------------------------------------- mapping
@@ -347,17 +544,20 @@ def _check_extra_labels(extra: Mapping[str, str], catalog: Catalog) -> None:
 
 
 def normalize(text: str, *, engine: str | None = None, model: str | None = None, replica: str = "",
-              extra_labels: Mapping[str, str] | None = None, catalog: Catalog | None = None) -> NormalizedPage:
+              extra_labels: Mapping[str, str] | None = None, catalog: Catalog | None = None,
+              parser: str = "fast") -> NormalizedPage:
     """Map a /metrics page to canonical series.
 
     engine: a catalog dialect id (vllm, sglang, tgi, trtllm, triton_trtllm, dcgm); detected when None.
     model: the model label; when None, the engine's own model label (or "unknown").
     replica, extra_labels: added to every series (e.g. team, cost_center from deploy.yaml).
+    parser: "fast" (default; prometheus_client for pages it isn't sure of) or "prometheus_client" (always);
+    both give the same NormalizedPage and the same errors.
     """
     cat = catalog or get_catalog()
     extra = dict(extra_labels or {})
     _check_extra_labels(extra, cat)
-    page = parse_page(text)
+    page = parse_page(text, engine=engine, catalog=cat, parser=parser)
     if engine is None:
         dialect = detect_dialect(page, cat)
     elif engine in cat.dialects:

@@ -43,6 +43,14 @@ def evidence(ctx) -> Evidence:
     return ctx.d.evidence or Evidence()
 
 
+def growth(ctx, multiplier: float):
+    """The capacity model's point for this traffic multiplier, or None when it can't be computed."""
+    cap = ctx.capacity
+    if cap is None:
+        return None
+    return next((p for p in cap.growth if abs(p.multiplier - multiplier) < 1e-9), None)
+
+
 def is_prod(ctx) -> bool:
     # An undeclared environment is treated as production: safe by default.
     return ctx.d.metadata.environment in (None, "prod")

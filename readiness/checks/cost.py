@@ -29,8 +29,7 @@ def metering(ctx):
        to the peak figure (hardware.replicas.max).""",
        path="hardware.replicas.min")
 def not_sized_on_peak(ctx):
-    cap = ctx.capacity
-    point = next((p for p in cap.growth if abs(p.multiplier - 1.0) < 1e-9), None) if cap else None
+    point = s.growth(ctx, 1.0)
     replicas = ctx.d.hardware.replicas
     if point is None or replicas is None or point.replicas_with_headroom is None:
         return not_applicable("needs replicas, traffic, SLO and the capacity model")
@@ -73,8 +72,7 @@ def prefix_caching(ctx):
        path="metadata.labels")
 def budget(ctx):
     budget = ctx.d.metadata.labels.get("budget_usd_month")
-    cap = ctx.capacity
-    point = next((p for p in cap.growth if abs(p.multiplier - 10.0) < 1e-9), None) if cap else None
+    point = s.growth(ctx, 10.0)
     if budget is None:
         return violated("no budget declared (metadata.labels.budget_usd_month)", warn=True)
     try:

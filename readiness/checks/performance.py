@@ -12,16 +12,6 @@ def _gib(n: float) -> str:
     return f"{n / GiB:.1f} GiB"
 
 
-def _growth(ctx, multiplier: float):
-    cap = ctx.capacity
-    if cap is None:
-        return None
-    for point in cap.growth:
-        if abs(point.multiplier - multiplier) < 1e-9:
-            return point
-    return None
-
-
 @check("PERF-001", "performance", "critical", "The model fits in GPU memory",
        rationale="""Weights plus activations and the runtime reserve must fit in the memory vLLM may use
        (gpu_memory_utilization × HBM), with room left for a useful KV cache; otherwise the engine refuses to
@@ -105,7 +95,7 @@ def traffic_declared(ctx):
        GPU or quantization, or renegotiate the SLO.""",
        path="slo")
 def slo_feasible(ctx):
-    point = _growth(ctx, 1.0)
+    point = s.growth(ctx, 1.0)
     slo = s.slo(ctx)
     if point is None or slo.ttft_p95_seconds is None or slo.itl_p95_seconds is None:
         return not_applicable("needs the capacity model, traffic and SLO")
@@ -213,7 +203,7 @@ def measured_latency(ctx):
        remediation="Raise hardware.replicas.max to the replicas the capacity model gives for 3× (shown here).",
        path="hardware.replicas.max")
 def headroom_3x(ctx):
-    point = _growth(ctx, 3.0)
+    point = s.growth(ctx, 3.0)
     if point is None or point.replicas_needed is None or ctx.d.hardware.replicas is None:
         return not_applicable("needs replicas, traffic, SLO and a 3× growth point")
     ev = {"replicas_max": ctx.d.hardware.replicas.max, "replicas_needed_3x": point.replicas_needed}

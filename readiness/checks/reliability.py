@@ -96,8 +96,7 @@ def n_plus_one(ctx):
     if replicas.min < 2:
         return violated(f"replicas.min is {replicas.min}: any failure or rollout is an outage",
                         replicas_min=replicas.min)
-    cap = ctx.capacity
-    point = next((p for p in cap.growth if abs(p.multiplier - 1.0) < 1e-9), None) if cap else None
+    point = s.growth(ctx, 1.0)
     if point is None or point.replicas_with_headroom is None:
         return passed(f"replicas.min {replicas.min} (capacity model can't check headroom)", replicas_min=replicas.min)
     ev = {"replicas_min": replicas.min, "replicas_needed_p95": point.replicas_needed,
