@@ -27,6 +27,7 @@ import yaml
 from forge.chaos.journal import ActivityRecord, Journal, record_activity
 from forge.chaos.watchdog import HUNG, ProgressWatchdog, Transition, WatchdogLoop, WatchTarget, metrics_url
 from forge.errors import InputError
+from forge.load.runner import is_loopback_url
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
 ALLOWED_MODULES = ("forge.chaos.actions",)   # experiments call Forge's activities, never arbitrary code
@@ -280,8 +281,8 @@ def _call_provider(lab: Lab, activity: dict[str, Any]) -> Any:
     provider = substitute(activity.get("provider") or {}, lab.variables())
     if provider["type"] == "http":
         url = provider["url"]
-        if not url.startswith(("http://127.", "http://localhost")):
-            raise ValueError(f"http probe {url}: only loopback targets the lab started")
+        if not is_loopback_url(url):
+            raise ValueError(f"http probe {url}: not loopback — probes reach only what the lab started")
         response = httpx.request(provider.get("method", "GET"), url, timeout=float(provider.get("timeout", 5)))
         return {"status": response.status_code, "body": response.text[:200]}
     module = importlib.import_module(provider["module"])

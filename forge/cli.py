@@ -86,19 +86,19 @@ def _expand(files: list[Path]) -> list[Path]:
     return out
 
 
-def _assess_with_progress(paths: list[Path], day: dt.date | None) -> list:
+def _assess_with_progress(paths: list[Path], day: dt.date | None, load_results: tuple[Path, ...]) -> list:
     """Assess every file; a progress bar on stderr when a person is watching a fleet go by."""
     from forge.readiness.assess import assess_many
 
     if len(paths) < 20 or not sys.stderr.isatty():
-        return assess_many(paths, day)
+        return assess_many(paths, day, load_results=load_results)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("assessing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("assess", total=len(paths))
-        return assess_many(paths, day, on_done=lambda: progress.advance(task))
+        return assess_many(paths, day, on_done=lambda: progress.advance(task), load_results=load_results)
 
 
 @readiness_app.command("assess")
@@ -110,6 +110,9 @@ def assess_cmd(
                                             "open warning too (warn).")] = FailOn.fail,
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Assess as of this date (YYYY-MM-DD): waiver "
                                                  "expiry and recency checks.")] = None,
+    load_results: Annotated[Optional[list[Path]], typer.Option("--load-results", help="Load test results (forge "
+                                                               "load, vllm bench serve, GuideLLM, AIPerf) to add "
+                                                               "to evidence.load_results; repeatable.")] = None,
     base_dir: Annotated[Optional[Path], typer.Option("--base-dir", help="Repository root that SARIF file paths are "
                                                      "relative to (default: $GITHUB_WORKSPACE or the current "
                                                      "directory).")] = None,
@@ -127,7 +130,7 @@ def assess_cmd(
             _err(m)
         raise typer.Exit(EXIT_BAD_INPUT)
     assessments, bad = [], False
-    for result in _assess_with_progress(paths, day):
+    for result in _assess_with_progress(paths, day, tuple(load_results or ())):
         if isinstance(result, list):
             bad = True
             for m in result:

@@ -133,13 +133,26 @@ def assess_loaded(loaded: LoadedDeployment, as_of: dt.date | None = None) -> Ass
     )
 
 
-def assess_file(path: str | Path, as_of: dt.date | None = None) -> Assessment:
-    return assess_loaded(load(path), as_of)
+def with_load_results(loaded: LoadedDeployment, files: list[Path]) -> LoadedDeployment:
+    """Add load results named on the command line to the file's evidence.load_results (absolute paths, so they
+    need not be relative to the deploy file)."""
+    if not files:
+        return loaded
+    from forge.schema import Evidence
+
+    evidence = loaded.deployment.evidence or Evidence()
+    merged = evidence.model_copy(update={"load_results": evidence.load_results + [str(f.resolve()) for f in files]})
+    loaded.deployment = loaded.deployment.model_copy(update={"evidence": merged})
+    return loaded
 
 
-def _assess_or_errors(path: Path, as_of: dt.date | None) -> Assessment | list[str]:
+def assess_file(path: str | Path, as_of: dt.date | None = None, load_results: tuple[Path, ...] = ()) -> Assessment:
+    return assess_loaded(with_load_results(load(path), list(load_results)), as_of)
+
+
+def _assess_or_errors(path: Path, as_of: dt.date | None, load_results: tuple[Path, ...] = ()) -> Assessment | list[str]:
     try:
-        return assess_file(path, as_of)
+        return assess_file(path, as_of, load_results)
     except InputError as exc:
         return exc.messages
 
@@ -148,7 +161,8 @@ def _assess_or_errors(path: Path, as_of: dt.date | None) -> Assessment | list[st
 PARALLEL_MIN_FILES = 16
 
 
-def assess_many(paths: list[Path], as_of: dt.date | None = None, on_done=None) -> list[Assessment | list[str]]:
+def assess_many(paths: list[Path], as_of: dt.date | None = None, on_done=None,
+                load_results: tuple[Path, ...] = ()) -> list[Assessment | list[str]]:
     """Assess files in order; a fleet is spread over the CPU cores. Each result is an Assessment or the
     one-line errors of a bad file. `on_done()` is called once per finished file (progress display)."""
     import os
@@ -157,14 +171,14 @@ def assess_many(paths: list[Path], as_of: dt.date | None = None, on_done=None) -
     if len(paths) < PARALLEL_MIN_FILES or workers < 2:
         results = []
         for p in paths:
-            results.append(_assess_or_errors(p, as_of))
+            results.append(_assess_or_errors(p, as_of, load_results))
             if on_done:
                 on_done()
         return results
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_assess_or_errors, p, as_of) for p in paths]
+        futures = [pool.submit(_assess_or_errors, p, as_of, load_results) for p in paths]
         results = []
         for fut in futures:
             results.append(fut.result())

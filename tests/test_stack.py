@@ -117,6 +117,27 @@ def test_stack_is_up_and_routes_a_completion(running):
     assert answer["choices"][0]["text"]
 
 
+def test_gateway_streams_tokens_as_they_come(running):
+    """A gateway that buffers SSE turns every stream into one burst at the end: clients then see TTFT equal to the
+    whole completion time. Measured with Forge's own load client, through HAProxy and straight at a replica."""
+    from forge.load.cli import app as load_app
+
+    records = {}
+    for name, url in (("gateway", running.gateway_url), ("direct", running.engines()[0].url)):
+        out = running.state_dir / f"stream-{name}.jsonl"
+        result = runner.invoke(load_app, ["run", "--target", url, "--rate", "4", "--duration", "2", "--max-requests",
+                                          "6", "--output-tokens", "fixed:48", "--out", str(out), "--no-progress"])
+        assert result.exit_code == 0, result.output
+        records[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    for name, rows in records.items():
+        ok = [r for r in rows if r["outcome"] == "ok"]
+        assert len(ok) == len(rows) == 6, (name, [r["outcome"] for r in rows])
+        for r in ok:
+            # 48 tokens at a few ms each: the first one must arrive well before the last.
+            assert r["ttft_s"] < 0.5 * r["e2e_s"], (name, r["ttft_s"], r["e2e_s"])
+            assert max(r["itl_s"]) > 0.001, (name, "every gap under 1 ms: the stream arrived in one burst")
+
+
 def test_up_again_is_a_no_op(running):
     plan = stack.StackPlan(state_dir=running.state_dir, replicas=2,
                            ports=stack.Ports(**running.plan["ports"]))
