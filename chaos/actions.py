@@ -21,16 +21,16 @@ FAULT_MODES = ("hang", "crash", "slow", "error_rate", "xid", "none")
 POLL_S = 0.1
 
 
-def _tokens(lab: "Lab", replica: int) -> tuple[float, float]:
+def _tokens(lab: Lab, replica: int) -> tuple[float, float]:
     sample = progress_sample(httpx.get(lab.replicas[replica].url + "/metrics", timeout=2).text)
     return sample.requests_running, sample.generation_tokens
 
 
-def count_hung_replicas(lab: "Lab") -> int:
+def count_hung_replicas(lab: Lab) -> int:
     return sum(1 for r in lab.replicas if lab.watchdog.state(r.name) == HUNG)
 
 
-def all_replicas_progress(lab: "Lab", window_seconds: float = 1.5) -> bool:
+def all_replicas_progress(lab: Lab, window_seconds: float = 1.5) -> bool:
     """True when every replica's generation-token counter moved within the window (the load is being served)."""
     before = [_tokens(lab, i)[1] for i in range(len(lab.replicas))]
     time.sleep(window_seconds)
@@ -38,7 +38,7 @@ def all_replicas_progress(lab: "Lab", window_seconds: float = 1.5) -> bool:
     return all(a > b for a, b in zip(after, before))
 
 
-def inject_fault(lab: "Lab", replica: int, mode: str, require_running: bool = False, wait_seconds: float = 10,
+def inject_fault(lab: Lab, replica: int, mode: str, require_running: bool = False, wait_seconds: float = 10,
                  **fault: Any) -> dict[str, Any]:
     """POST the simulator's fault API; with require_running, wait (bounded) until requests are running first."""
     if mode not in FAULT_MODES:
@@ -59,7 +59,7 @@ def inject_fault(lab: "Lab", replica: int, mode: str, require_running: bool = Fa
             "active": answer.json().get("active")}
 
 
-def await_hang_detection(lab: "Lab", replica: int, timeout_seconds: float = 60) -> dict[str, Any]:
+def await_hang_detection(lab: Lab, replica: int, timeout_seconds: float = 60) -> dict[str, Any]:
     """Wait for the watchdog to declare the replica hung; detection_seconds counts from the fault's injection."""
     name = lab.replicas[replica].name
     injected = lab.fault_injected_at.get(name)
@@ -77,7 +77,7 @@ def await_hang_detection(lab: "Lab", replica: int, timeout_seconds: float = 60) 
     raise TimeoutError(f"replica {name}: the watchdog did not declare it hung within {timeout_seconds} s")
 
 
-def await_recovery(lab: "Lab", replica: int, timeout_seconds: float = 60) -> dict[str, Any]:
+def await_recovery(lab: Lab, replica: int, timeout_seconds: float = 60) -> dict[str, Any]:
     """Wait until the remediation finished and the replica's token counter moves again (served traffic)."""
     target = lab.replicas[replica]
     deadline = time.monotonic() + timeout_seconds
@@ -105,7 +105,7 @@ def await_recovery(lab: "Lab", replica: int, timeout_seconds: float = 60) -> dic
     raise TimeoutError(f"replica {target.name}: no new tokens within {timeout_seconds} s after remediation")
 
 
-def clear_faults(lab: "Lab") -> dict[str, Any]:
+def clear_faults(lab: Lab) -> dict[str, Any]:
     """Rollback: fault mode none on every replica that still answers (a restarted one has none already)."""
     cleared, unreachable = [], []
     for target in lab.replicas:
@@ -119,6 +119,6 @@ def clear_faults(lab: "Lab") -> dict[str, Any]:
     return {"cleared": cleared, "unreachable": unreachable}
 
 
-def stop_load(lab: "Lab") -> dict[str, Any]:
+def stop_load(lab: Lab) -> dict[str, Any]:
     """Rollback: end the load (in-flight requests are cancelled and counted) and return its outcome counts."""
     return lab.stop_load()

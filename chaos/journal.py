@@ -28,7 +28,7 @@ JOURNAL_FORMAT = "forge.chaos.journal/1"
 
 def timestamp() -> str:
     # Chaos Toolkit writes naive ISO-8601 timestamps; ours are UTC and say so.
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 @dataclass

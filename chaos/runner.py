@@ -11,6 +11,7 @@ end (`Lab.close`). Safety: the lab only starts simulator replicas on 127.0.0.1 a
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import re
 import threading
@@ -19,7 +20,8 @@ from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import httpx
 import yaml
@@ -114,19 +116,23 @@ class Replica:
         self.port, self.url = 0, ""
         self._stack: ExitStack | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def start(self) -> None:
         from forge.reference_stack.simulator import serve
 
         with self._lock:
+            if self._closed:  # a restart racing the lab's teardown must not leave a process behind
+                raise RuntimeError(f"{self.name}: the lab is shutting down, not starting it again")
             stack = ExitStack()
             self.url = stack.enter_context(serve(port=self.port, in_subprocess=True,
                                                  startup_timeout_s=ENGINE_START_TIMEOUT_S, **self.options))
             self.port = int(self.url.rsplit(":", 1)[1])
             self._stack = stack
 
-    def stop(self) -> None:
+    def stop(self, final: bool = False) -> None:
         with self._lock:
+            self._closed = self._closed or final
             stack, self._stack = self._stack, None
             if stack is not None:
                 stack.close()  # SIGTERM, then SIGKILL if it does not exit
@@ -157,13 +163,11 @@ class Lab:
         self._load_records: list[dict] = []
         self._load_result: dict[str, Any] | None = None
         self.watchdog_loop: WatchdogLoop | None = None
+        self._remediation: threading.Thread | None = None
 
     # ---- engines
     def start_engines(self) -> None:
-        count = int(self.config.get("replicas", 2))
-        if not 1 <= count <= 8:
-            raise InputError(f"configuration.replicas {count}: use 1-8 (each is a process on this machine)")
-        for i in range(count):
+        for i in range(int(self.config.get("replicas", 2))):
             replica = Replica(i, dict(self.config.get("simulator_options") or {}))
             self.replicas.append(replica)
             replica.start()
@@ -187,7 +191,8 @@ class Lab:
         # No gateway in this lab (replicas are addressed directly), so there is nothing to drain; the restart runs
         # on its own thread so the watchdog keeps watching the other replicas meanwhile.
         if self.config.get("remediation", "restart") == "restart":
-            threading.Thread(target=self._restart, args=(transition.replica,), daemon=True).start()
+            self._remediation = threading.Thread(target=self._restart, args=(transition.replica,), daemon=True)
+            self._remediation.start()
         else:
             self.remediation_done.set()
 
@@ -267,8 +272,12 @@ class Lab:
     def close(self) -> list[str]:
         """Stop everything the lab started, whatever state it is in; returns what failed to stop (one line each)."""
         problems = []
-        for step in (lambda: self.watchdog_loop and self.watchdog_loop.stop(), self.stop_load,
-                     *[r.stop for r in self.replicas]):
+        def stop_remediation() -> None:
+            if self._remediation is not None:
+                self._remediation.join(timeout=2 * ENGINE_START_TIMEOUT_S)
+
+        for step in (lambda: self.watchdog_loop and self.watchdog_loop.stop(), stop_remediation, self.stop_load,
+                     *[functools.partial(r.stop, final=True) for r in self.replicas]):
             try:
                 step()
             except Exception as exc:  # keep stopping the rest
@@ -307,6 +316,13 @@ def _hypothesis(lab: Lab, experiment: dict[str, Any], phase: str) -> bool:
 def run_experiment(experiment: dict[str, Any], journal_path: Path | None = None, *,
                    overrides: dict[str, Any] | None = None, log: Callable[[str], None] = lambda m: None) -> Journal:
     config = {**experiment.get("configuration", {}), **(overrides or {})}
+    replicas = config.get("replicas", 2)
+    if not isinstance(replicas, int) or not 1 <= replicas <= 8:
+        raise InputError(f"configuration.replicas {replicas!r}: use 1-8 (each is a process on this machine)")
+    poll, stall = float(config.get("poll_interval_seconds", 1.0)), float(config.get("stall_seconds", 30))
+    if not 0 < poll <= stall / 2:
+        raise InputError(f"poll_interval_seconds {poll:g}: must be > 0 and at most half of stall_seconds ({stall:g}) "
+                         "so a stall is seen by at least two scrapes")
     if config.get("engine", "simulator") != "simulator":
         raise InputError(f"configuration.engine {config.get('engine')!r}: this runner starts simulator replicas "
                          "only — use engine: simulator")
@@ -336,6 +352,7 @@ def run_experiment(experiment: dict[str, Any], journal_path: Path | None = None,
             status = "interrupted"
             raise
         except InputError:
+            status = "aborted"
             raise
         except Exception as exc:
             status = "aborted"

@@ -198,7 +198,7 @@ class WatchdogLoop:
                 self.poll_once(client)
                 self._stop.wait(max(0.0, self.poll_interval_s - (self.clock() - started)))
 
-    def start(self) -> "WatchdogLoop":
+    def start(self) -> WatchdogLoop:
         self._thread = threading.Thread(target=self.run, name="forge-watchdog", daemon=True)
         self._thread.start()
         return self

@@ -113,11 +113,16 @@ class EngineCollector:
         target = state.target
         started = time.perf_counter()
         try:
+            # The slot is held until the page is parsed: at most max_concurrency raw pages wait in memory for
+            # the (single) parsing thread, instead of every target's page at once.
             async with self._limit:
                 fetched = await fetch_page(self._session, target.url, timeout_seconds=self.settings.timeout_seconds,
                                            max_bytes=self.settings.max_page_bytes)
-            loop = asyncio.get_running_loop()
-            page, samples = await loop.run_in_executor(self._executor, self._normalize, target, fetched.text)
+                text, page_bytes = fetched.text, fetched.bytes_read
+                del fetched
+                loop = asyncio.get_running_loop()
+                page, samples = await loop.run_in_executor(self._executor, self._normalize, target, text)
+                del text  # the raw page is not kept once parsed
             self._check_engine(target, page)
         except ScrapeFailure as failure:
             self._mark_down(state, failure.reason, failure.detail, started)
@@ -127,7 +132,7 @@ class EngineCollector:
             log.exception("scraping %s failed unexpectedly", target.url)
             self._mark_down(state, "internal_error", f"{target.url}: {type(exc).__name__}: {exc}", started)
         else:
-            self._mark_up(state, page, samples, fetched.bytes_read, started)
+            self._mark_up(state, page, samples, page_bytes, started)
 
     @staticmethod
     def _normalize(target: Target, text: str) -> tuple[NormalizedPage, int]:

@@ -113,6 +113,10 @@ def test_cli_list_and_bad_input(tmp_path):
     bad.write_text("title: t\nmethod:\n  - {type: action, name: x, provider: {type: python, module: os, func: system}}\n")
     result = runner.invoke(app, ["run", str(bad)])
     assert result.exit_code == 2 and "not allowed" in result.output
+    # Rejected before anything starts: nothing to roll back, no journal.
+    assert runner.invoke(app, ["run", "engine-hang", "--stall-seconds", "0.2",
+                               "--journal", str(tmp_path / "j.json")]).exit_code == 2
+    assert not (tmp_path / "j.json").exists() and simulator_children() == []
     assert runner.invoke(app, ["watchdog", "--target", "http://127.0.0.1:1", "--stall-seconds", "3",
                                "--poll-interval", "2"]).exit_code == 2
 

@@ -163,7 +163,8 @@ def load_validated(ctx):
     if errors:
         return violated(f"{len(errors)} load result file(s) unreadable: {errors[0]}", errors=errors)
     outcome = passed(f"{len(records)} load result file(s): " + ", ".join(
-        f"{r['source']} at {r['shape'].get('request_rate') or '?'} req/s" for r in records), files=names)
+        f"{r['source']}, {r['shape'].get('requests') or '?'} requests at "
+        f"{(r.get('throughput') or {}).get('requests_per_s') or 0:.1f} req/s" for r in records), files=names)
     outcome.basis = "evidence"
     return outcome
 
