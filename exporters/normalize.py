@@ -234,6 +234,7 @@ _VALUE = (r"[-+]?(?:[0-9]{1,40}(?:\.[0-9]{0,40})?|\.[0-9]{1,40})(?:[eE][-+]?[0-9
 _SAMPLE_LINE = re.compile(rf"({_NAME})(?:\{{((?:{_LABEL})(?:,(?:{_LABEL}))*,?|)\}})? +({_VALUE})(?: +-?[0-9]{{1,20}})?")
 _LABEL_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="(' + _LABEL_VALUE + ')"')
 _COMMENT_LINE = re.compile(rf"# (HELP|TYPE) ({_NAME})(?:[ \t]+(.*))?")
+_words = re.compile(r"[ \t\n\r\x0b\x0c]+").split     # string.whitespace, as prometheus_client splits
 _ESCAPE = re.compile(r'\\[\\n"]')
 _UNESCAPED = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
 _SUFFIXES = {"counter": ("",), "gauge": ("",), "summary": ("_count", "_sum", ""),
@@ -260,7 +261,8 @@ def _tokenize(text: str) -> list[tuple[str, str, list[_RawSample]]]:
         if line[0] == "#":
             found = comment_line(line)
             if found is None:
-                if "HELP" in line or "TYPE" in line:
+                # prometheus_client reads a comment whose second word is HELP or TYPE as one
+                if ("HELP" in line or "TYPE" in line) and ('"' in line or _words(line, 2)[1:2] in (["HELP"], ["TYPE"])):
                     raise _Unusual(line)
                 continue  # a plain comment
             kind, candidate, rest = found.groups()
@@ -469,7 +471,7 @@ class _Normalizer:
             d = mapping.derive_label
             out[d.name] = d.value_map.get(labels.get(d.source_label, ""), d.default)
         # An empty label value is the same as no label in Prometheus; don't emit it.
-        return tuple(sorted((k, v) for k, v in out.items() if v != ""))
+        return _intern_key(tuple(sorted((k, v) for k, v in out.items() if v != "")))
 
     def scalar_samples(self, selector: Selector) -> Iterable[tuple[dict[str, str], float]]:
         for labels, value in self.page.samples_by_name.get(selector.metric, ()):
@@ -487,7 +489,7 @@ class _Normalizer:
                 continue
             slot = grouped[tuple(sorted(plain.items()))]
             if name.endswith("_bucket") and "le" in labels:
-                slot["buckets"].append((float(labels["le"]) * scale, value))
+                slot["buckets"].append((_bound(labels["le"], scale), value))
             elif name.endswith("_sum"):
                 slot["sum"] = value * scale
             elif name.endswith("_count"):
@@ -536,6 +538,35 @@ class _Normalizer:
                 builder.add_value(key, value / denominators[key])
                 found = True
         return found
+
+
+# Every target repeats the same label pairs (engine, team, model) and bucket bounds, cycle after cycle; sharing
+# one object for each keeps 1,000 targets' series from holding 1,000 copies. Bounded: cleared when it grows past
+# what a large fleet needs, so churning label values can't grow it forever.
+_INTERN_LIMIT = 500_000
+_interned_pairs: dict[tuple[str, str], tuple[str, str]] = {}
+_interned_keys: dict[LabelKey, LabelKey] = {}
+_bounds: dict[tuple[str, float], float] = {}
+
+
+def _intern_key(key: LabelKey) -> LabelKey:
+    found = _interned_keys.get(key)
+    if found is not None:
+        return found
+    if len(_interned_keys) > _INTERN_LIMIT or len(_interned_pairs) > _INTERN_LIMIT:
+        _interned_keys.clear()
+        _interned_pairs.clear()
+    key = tuple(_interned_pairs.setdefault(pair, pair) for pair in key)
+    return _interned_keys.setdefault(key, key)
+
+
+def _bound(le: str, scale: float) -> float:
+    found = _bounds.get((le, scale))
+    if found is None:
+        if len(_bounds) > _INTERN_LIMIT:
+            _bounds.clear()
+        found = _bounds[(le, scale)] = float(le) * scale
+    return found
 
 
 def _check_extra_labels(extra: Mapping[str, str], catalog: Catalog) -> None:
