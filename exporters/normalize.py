@@ -238,7 +238,7 @@ _words = re.compile(r"[ \t\n\r\x0b\x0c]+").split     # string.whitespace, as pro
 _ESCAPE = re.compile(r'\\[\\n"]')
 _UNESCAPED = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
 _SUFFIXES = {"counter": ("",), "gauge": ("",), "summary": ("_count", "_sum", ""),
-             "histogram": ("_count", "_sum", "_bucket"), "untyped": ("",)}
+             "histogram": ("_count", "_sum", "_bucket"), "untyped": ("",), "unknown": ("",)}
 
 
 def _unescape(value: str) -> str:
@@ -302,13 +302,18 @@ def _tokenize(text: str) -> list[tuple[str, str, list[_RawSample]]]:
             out.append((sample_name, "untyped", [(sample_name, labels, value)]))
     if name:
         out.append((name, typ, samples))
-    # prometheus_client's counter naming: family `x` for `x_total`, and `_total` added where it is missing
+    # prometheus_client's naming: counter family `x` for `x_total`, `_total` added where it is missing, and
+    # "untyped" called "unknown"
     for i, (name, typ, samples) in enumerate(out):
         if typ == "counter":
+            if name == "_total":
+                raise _Unusual(name)  # an empty family name: prometheus_client's error
             if name.endswith("_total"):
                 out[i] = (name[:-6], typ, samples)
             else:
                 out[i] = (name, typ, [(sample_name + "_total", labels, value) for sample_name, labels, value in samples])
+        elif typ == "untyped":
+            out[i] = (name, "unknown", samples)
     return out
 
 
@@ -565,7 +570,12 @@ def _bound(le: str, scale: float) -> float:
     if found is None:
         if len(_bounds) > _INTERN_LIMIT:
             _bounds.clear()
-        found = _bounds[(le, scale)] = float(le) * scale
+        try:
+            value = float(le)
+        except ValueError:
+            raise NormalizeError(f"histogram bucket le={le!r} is not a number — the target's page is malformed",
+                                 "invalid_page") from None
+        found = _bounds[(le, scale)] = value * scale
     return found
 
 

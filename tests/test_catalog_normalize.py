@@ -297,3 +297,206 @@ def test_histogram_without_inf_bucket_is_skipped_not_invented():
     assert "forge_e2e_latency_seconds" not in result.families
     assert any("+Inf" in p for p in result.problems)
     assert "forge_requests_running" not in result.families  # NaN is no data, never a value
+
+
+# ------------------------------------------------------------------ fast parser vs prometheus_client's parser
+#
+# normalize() reads plain exposition lines with its own parser and hands anything unusual to prometheus_client.
+# These tests hold the two paths to the same NormalizedPage (or the same error) on every fixture page and on
+# tricky and broken pages.
+
+import random  # noqa: E402
+
+from forge.exporters import normalize as normalize_module  # noqa: E402
+from forge.catalog import get_catalog  # noqa: E402
+from forge.exporters.normalize import parse_page  # noqa: E402
+
+ALL_FIXTURES = sorted(FIXTURES.glob("*.txt")) + sorted((FIXTURES.parent / "exporter").glob("*.txt"))
+
+
+def outcome(text, parser, **kwargs):
+    """What normalize() gives: the page, or the error's messages and reason."""
+    try:
+        result = normalize(text, parser=parser, **kwargs)
+    except NormalizeError as exc:
+        return ("error", exc.messages, exc.reason)
+    return ("page", result.dialect, result.engine, result.families, result.missing, result.unavailable,
+            result.problems, result.to_prometheus_text())
+
+
+def takes_fast_path(text) -> bool:
+    try:
+        normalize_module._tokenize(text)
+    except normalize_module._Unusual:
+        return False
+    return True
+
+
+def assert_same(text, *, fast_path=None, **kwargs):
+    fast, reference = outcome(text, "fast", **kwargs), outcome(text, "prometheus_client", **kwargs)
+    assert fast == reference
+    if fast_path is not None:
+        assert takes_fast_path(text) is fast_path
+    return fast
+
+
+def test_fixture_list_covers_every_engine_and_the_gpu_exporter():
+    assert {p.name for p in ALL_FIXTURES} >= set(EXPECTED_FAMILIES) | {"dcgm-exporter.txt"}
+
+
+@pytest.mark.parametrize("fixture", ALL_FIXTURES, ids=lambda p: p.name)
+def test_fast_parser_gives_exactly_the_reference_page_on_every_fixture(fixture):
+    text = fixture.read_text(encoding="utf-8")
+    engine = "dcgm" if fixture.parent.name == "exporter" else None
+    result = assert_same(text, fast_path=True, engine=engine, replica="r-1", extra_labels={"team": "search"})
+    assert result[0] == "page" and result[3], "the fixture must normalize to some series"
+    # also with the engine named and a model given, the other way normalize() is called
+    dialect = result[1]
+    assert_same(text, engine=dialect, model="m-override", replica="r-2")
+
+
+@pytest.mark.parametrize("fixture", ALL_FIXTURES, ids=lambda p: p.name)
+def test_fast_parser_keeps_every_mapped_sample_and_drops_only_unmapped_families(fixture):
+    text = fixture.read_text(encoding="utf-8")
+    engine = "dcgm" if fixture.parent.name == "exporter" else None
+    fast, reference = parse_page(text, engine=engine), parse_page(text, parser="prometheus_client")
+    assert fast.families.keys() == reference.families.keys()            # detection sees every family
+    assert {n: f.type for n, f in fast.families.items()} == {n: f.type for n, f in reference.families.items()}
+    dialect = normalize_module.detect_dialect(reference) if engine is None else engine
+    wanted, prefix = normalize_module._wanted_names(get_catalog(), dialect)
+    for name in wanted:
+        assert fast.samples_by_name.get(name, []) == reference.samples_by_name.get(name, [])
+        if name in reference.families:
+            assert fast.families[name].samples == reference.families[name].samples
+    dropped = [n for n, f in fast.families.items() if not f.samples and reference.families[n].samples]
+    assert all(n not in wanted for n in dropped)
+    if fixture.name == "vllm-0.32.txt":   # python_gc_*, process_*, http_* are read, checked and not kept
+        assert "process_cpu_seconds" in dropped and "python_gc_objects_collected" in dropped
+
+
+def vllm_page(label_value_as_written: str, extra_lines: str = "") -> str:
+    return ('# HELP vllm:num_requests_running Running.\n# TYPE vllm:num_requests_running gauge\n'
+            f'vllm:num_requests_running{{engine="0",model_name="{label_value_as_written}"}} 3.0\n'
+            '# TYPE vllm:num_requests_waiting gauge\n'
+            f'vllm:num_requests_waiting{{model_name="{label_value_as_written}",engine="0",}} 2\n' + extra_lines)
+
+
+@pytest.mark.parametrize("written,meant", [
+    (r'a\"b', 'a"b'), (r'a\\b', 'a\\b'), (r'a\nb', 'a\nb'), (r'\\n', '\\n'), (r'\\\"', '\\"'),
+    (r'x\\', 'x\\'), (r'{,}=#"', None), ('', ''), ('ünï cödé ✓', 'ünï cödé ✓'), ('a } b , c="d"', None),
+])
+def test_escaped_label_values_read_as_prometheus_client_reads_them(written, meant):
+    if meant is None:  # a value that isn't a valid label value: both parsers refuse the page
+        result = assert_same(vllm_page(written))
+        assert result[0] == "error"
+        return
+    result = assert_same(vllm_page(written), fast_path=True, replica="r")
+    assert result[3]["forge_requests_running"].only() == 3.0
+    key = next(iter(result[3]["forge_requests_running"].series))
+    assert dict(key)["model"] == (meant or "unknown")
+
+
+@pytest.mark.parametrize("written", [r'a\tb', r'a\b', 'a\\', r'a\x41'])
+def test_odd_escapes_go_to_prometheus_client(written):
+    assert not takes_fast_path(vllm_page(written))
+    assert_same(vllm_page(written), replica="r")
+
+
+GARBAGE_LINES = [
+    'vllm:num_requests_swapped{model_name="m"} 1 # {trace_id="abc"} 1.0',          # exemplar
+    '# EOF', 'vllm:num_requests_swapped{model_name="m"} 1 1700000000000',           # timestamp
+    'vllm:num_requests_swapped{model_name="m"} 1 2 3', 'vllm:num_requests_swapped{model_name="m"}',
+    'vllm:num_requests_swapped{model_name="m"} 1_000', 'vllm:num_requests_swapped{model_name="m"} -0',
+    'vllm:num_requests_swapped{model_name="m"} ' + "9" * 400, 'vllm:num_requests_swapped{model_name="m"} 1e999',
+    'vllm:num_requests_swapped{model_name="m"} nan', 'vllm:num_requests_swapped{model_name="m"} +Inf',
+    'vllm:num_requests_swapped { model_name = "m" } 1', 'vllm:num_requests_swapped{model_name="m"}\t1',
+    'vllm:num_requests_swapped{model_name="m",model_name="n"} 1', 'vllm:num_requests_swapped{__name__="x"} 1',
+    'vllm:num_requests_swapped{__x="y"} 1', 'vllm:num_requests_swapped{a:b="y"} 1', '{__name__="vllm:x"} 1',
+    'vllm:num_requests_swapped{model_name="m" 1', 'vllm:num_requests_swapped{model_name=m} 1',
+    'vllm:num_requests_swapped{model_name="m"}1', 'bad-name 1', 'bad-name{a="b"} 1', '# TYPE x', '# TYPE x info',
+    '# TYPE vllm:num_requests_running counter', '# HELP', '#HELP x y', '# some TYPE of comment', '#  HELP x y',
+    '# TYPE vllm:num_requests_waiting histogram', 'vllm:num_requests_running{engine="0",model_name="m"} 4',
+    'vllm:num_requests_waiting{engine="0",model_name="m"} 5', 'process_open_fds 1\nprocess_open_fds 2',
+    'python_gc{a="1",b="2"} 1\npython_gc{b="2",a="1"} 1', 'python_gc{a="1"} 1\npython_gc{a="1",} 1',
+    '# TYPE python_info gauge\npython_info 1\n# TYPE python_info counter\npython_info_total 1',
+    'vllm:num_requests_swapped{model_name="m"} 1\r', '\x0bvllm:num_requests_swapped 1', 'x 1\x1c',
+    '# TYPE c counter\nc 1\nc_total 2', '# TYPE c_total counter\nc_total 1\nc 2',
+    '# TYPE s summary\ns{quantile="0.5"} 1\ns_sum 2\ns_count 3\ns_created 4',
+    '# TYPE h histogram\nh_bucket{le="1"} 1\nh_created 1\nh_bucket{le="+Inf"} 1\nh_count 1',
+]
+
+
+@pytest.mark.parametrize("line", GARBAGE_LINES)
+def test_unusual_and_broken_lines_give_the_reference_result(line):
+    for position in ("start", "end"):
+        text = vllm_page("m", line + "\n") if position == "end" else line + "\n" + vllm_page("m")
+        assert_same(text, replica="r")
+        assert_same(text, replica="r", engine="vllm")
+
+
+def test_duplicate_series_in_an_unmapped_family_is_still_refused():
+    text = vllm_page("m", '# TYPE python_gc gauge\npython_gc{a="1",b="2"} 1\npython_gc{b="2",a="1"} 1\n')
+    with pytest.raises(NormalizeError, match="appears more than once") as fast:
+        normalize(text)
+    assert fast.value.reason == "duplicate_series" and takes_fast_path(text)
+
+
+def test_histogram_rules_hold_on_the_fast_path():
+    text = ('# TYPE vllm:e2e_request_latency_seconds histogram\n'
+            'vllm:e2e_request_latency_seconds_bucket{le="1.0",model_name="m"} 3\n'
+            'vllm:e2e_request_latency_seconds_sum{model_name="m"} 1.0\nvllm:e2e_request_latency_seconds_count{model_name="m"} 3\n'
+            '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name="m"} NaN\n')
+    assert takes_fast_path(text)
+    result = assert_same(text)
+    assert any("+Inf" in p for p in result[6]) and "forge_requests_running" not in result[3]
+    triton = page("triton-trtllm.txt")
+    assert takes_fast_path(triton)   # its millisecond buckets become seconds on the fast path too
+    assert_same(triton)
+
+
+def mutate(rng: random.Random, text: str) -> str:
+    lines = text.split("\n")
+    for _ in range(rng.randint(1, 3)):
+        i = rng.randrange(len(lines))
+        line = lines[i]
+        op = rng.randrange(6)
+        pos = rng.randrange(len(line) + 1)
+        if op == 0:
+            lines[i] = line[:pos] + rng.choice('"\\{},= #\t\nx_:.-+eE0') + line[pos:]
+        elif op == 1:
+            lines[i] = line[:pos] + line[pos + 1:]
+        elif op == 2:
+            lines.insert(rng.randrange(len(lines)), line)                    # a repeated line
+        elif op == 3:
+            lines[i] = line.replace("0", rng.choice(["-0", "NaN", "1e5", "+Inf", "0x1"]), 1)
+        elif op == 4:
+            lines[i] = line.replace('"', '\\"', 1)
+        else:
+            j = rng.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("fixture", ["vllm-0.6.txt", "sglang.txt", "triton-trtllm.txt"])
+def test_randomly_damaged_pages_give_the_reference_result(fixture):
+    rng = random.Random(fixture)     # fixed seed: the same pages every run
+    text = page(fixture)
+    for _ in range(150):
+        assert_same(mutate(rng, text), replica="r")
+
+
+def test_parser_option_is_checked():
+    with pytest.raises(ValueError, match="parser"):
+        normalize(page("sglang.txt"), parser="regex")
+
+
+def test_a_bucket_bound_that_is_not_a_number_is_a_clear_error():
+    page = ("# TYPE vllm:time_to_first_token_seconds histogram\n"
+            'vllm:time_to_first_token_seconds_bucket{engine="0",model_name="m",le="1NaN.0"} 1\n'
+            'vllm:time_to_first_token_seconds_bucket{engine="0",model_name="m",le="+Inf"} 1\n'
+            'vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 1\n'
+            'vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 0.1\n')
+    for parser in ("fast", "prometheus_client"):
+        with pytest.raises(NormalizeError) as caught:
+            normalize(page, engine="vllm", parser=parser)
+        assert "le='1NaN.0' is not a number" in caught.value.messages[0] and caught.value.reason == "invalid_page"

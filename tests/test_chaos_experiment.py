@@ -129,3 +129,47 @@ def test_bundled_experiment_shape_and_helpers():
     assert substitute({"a": "${n}", "b": "x${n}"}, {"n": 1}) == {"a": 1, "b": "x1"}
     assert within_tolerance({"status": 200, "body": ""}, 200) and not within_tolerance({"status": 500}, 200)
     assert within_tolerance(3, {"type": "range", "range": [1, 5]}) and not within_tolerance(True, 1)
+
+
+def test_ctrl_c_in_a_terminal_exits_130_after_rollbacks_and_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    journal_path = tmp_path / "journal.json"
+    # Its own session, signalled as a whole: what Ctrl-C in a terminal does (the engines get SIGINT too).
+    process = subprocess.Popen([sys.executable, "-c", "from forge.chaos.cli import app; app(prog_name='forge chaos')",
+                                "run", "engine-hang", "--journal", str(journal_path)],
+                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        output = ""
+        while "hang-generation-on-replica" not in output:  # interrupt while the replica is hung
+            assert time.monotonic() < deadline and process.poll() is None, output
+            output += process.stdout.readline()
+        os.killpg(process.pid, signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, output + rest
+    journal = json.loads(journal_path.read_text())
+    assert journal["status"] == "interrupted"
+    assert [(a["activity"]["name"], a["status"]) for a in journal["rollbacks"]] == [
+        ("clear-faults-on-every-replica", "succeeded"), ("stop-load", "succeeded")]
+    cleared = journal["rollbacks"][0]["output"]
+    assert sorted(cleared["cleared"] + cleared["process_gone"]) == ["replica-0", "replica-1"]
+    for replica in journal["measurements"]["replicas"]:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(replica["url"] + "/health", timeout=2)
+    session = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _session_of(p) == process.pid]
+    assert session == []
+
+
+def _session_of(proc_dir: Path) -> int | None:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, ValueError, IndexError):
+        return None
