@@ -253,6 +253,7 @@ SUBAPPS = {
     "exporter": "forge.exporters.cli",
     "load": "forge.load.cli",
     "dashboards": "forge.dashboards.cli",
+    "chaos": "forge.chaos.cli",
 }
 
 
