@@ -123,6 +123,11 @@ def assess_cmd(
     except ValueError:
         _err(f"--as-of {as_of!r}: not a date — use YYYY-MM-DD")
         raise typer.Exit(EXIT_BAD_INPUT)
+    for f in load_results or ():
+        if not f.is_file():
+            _err(f"--load-results {f}: no such file — give a results file of forge load, vllm bench serve, "
+                 "GuideLLM or AIPerf")
+            raise typer.Exit(EXIT_BAD_INPUT)
     try:
         paths = _expand(files)
     except InputError as exc:

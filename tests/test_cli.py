@@ -119,3 +119,13 @@ def test_no_arguments_shows_help_and_bad_command_exits_2():
     assert "readiness" in forge("--help").stdout
     r = forge("readines")
     assert r.returncode == 2
+
+
+def test_load_results_on_the_command_line_become_evidence(tmp_path):
+    bench = ROOT / "tests" / "fixtures" / "load" / "vllm_bench_serve.json"
+    r = forge("readiness", "assess", str(GOOD), "--as-of", AS_OF, "--format", "json", "--load-results", str(bench))
+    findings = {f["check"]: f for f in json.loads(r.stdout)["findings"]}
+    assert findings["PERF-008"]["status"] == "pass" and findings["PERF-008"]["basis"] == "evidence"
+    assert findings["PERF-010"]["status"] == "pass"
+    missing = forge("readiness", "assess", str(GOOD), "--load-results", str(tmp_path / "nope.json"))
+    assert missing.returncode == 2 and "--load-results" in missing.stderr and "Traceback" not in missing.stderr
