@@ -176,12 +176,20 @@ def assess_many(paths: list[Path], as_of: dt.date | None = None, on_done=None,
                 on_done()
         return results
     from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
+    # Import the checks and the capacity model before the pool forks, so that workers inherit them instead of
+    # importing them again each.
+    import forge.readiness.capacity  # noqa: F401
+    all_checks()
+    # Files go to workers in chunks: one round trip per chunk, not per file. Small enough chunks keep both cores
+    # busy to the end and the progress bar moving.
+    chunksize = max(1, min(32, len(paths) // (workers * 8)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_assess_or_errors, p, as_of, load_results) for p in paths]
         results = []
-        for fut in futures:
-            results.append(fut.result())
+        for result in pool.map(partial(_assess_or_errors, as_of=as_of, load_results=load_results), paths,
+                               chunksize=chunksize):
+            results.append(result)
             if on_done:
                 on_done()
         return results

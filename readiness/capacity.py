@@ -409,7 +409,7 @@ def _lengths(rng: random.Random, profile: tuple[int, int, int], n: int) -> list[
     return [min(max(1, round(median * math.exp(sigma * rng.gauss(0.0, 1.0)))), upper) for _ in range(n)]
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
 def make_workload(prompt: tuple[int, int, int], output: tuple[int, int, int], prefix_hit_rate: float, block_size: int) -> Workload:
     rng = random.Random(SIMULATION_SEED)
     n = SIMULATED_REQUESTS
@@ -470,13 +470,40 @@ def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float |
     finishing, a sequence finishing) the batch does not change, so the loop jumps over whole runs of identical
     steps: cost is O(requests · log requests), not O(steps).
     """
+    # The hot loop: StepModel.seconds is inlined with its fields bound to locals, and min/max are written as
+    # comparisons. The arithmetic is the same, operation for operation, so results are bit-identical.
     n = len(work.prompts)
     arrivals = [a / rate for a in work.unit_arrivals] if rate else [0.0] * n
+    prompts = work.prompts
+    outputs = work.outputs
+    kv_needed = work.kv_tokens_needed
+    computed_prompt = work.computed_prompt_tokens
+    max_seqs = limits.max_num_seqs
+    kv_tokens = limits.kv_tokens
+    max_batched = limits.max_batched_tokens
     gained = step.output_tokens_per_decode_step
     fed = step.tokens_per_decode_step
+    matmul = step.matmul_flops_per_token
+    attention = step.attention_flops_per_context_token
+    lm_head = step.lm_head_flops_per_sequence
+    dense_bytes = step.dense_weight_bytes
+    expert_bytes = step.expert_weight_bytes
+    expert_miss = (1.0 - step.experts_per_token / step.num_experts) if expert_bytes else 0.0
+    kv_per_token = step.kv_bytes_per_token
+    peak = step.peak_flops
+    bandwidth = step.bandwidth
+    allreduces = step.allreduces_per_step
+    collective_latency = step.collective_latency_seconds
+    allreduce_bytes = step.allreduce_bytes_per_token
+    link = step.link_bytes_per_second
+    step_overhead = step.overhead_seconds
+    stages = step.pipeline_stages
+    ceil = math.ceil
+    heappush, heappop = heapq.heappush, heapq.heappop
     t = 0.0
     steps_done = 0
     next_arrival = 0
+    next_arrival_time = arrivals[0] if n else math.inf
     waiting: deque[int] = deque()
     prefilling: deque[list[float]] = deque()  # [request, tokens left to compute, context already cached]
     pending_prefill = 0.0
@@ -486,51 +513,83 @@ def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float |
     ttft = [0.0] * n
     finished_at = [0.0] * n
     itl: list[tuple[float, float]] = []
+    itl_append = itl.append
     busy = 0.0
-    warm_time = arrivals[min(WARMUP_REQUESTS, n - 1)]
+    warm_time = arrivals[WARMUP_REQUESTS if WARMUP_REQUESTS < n - 1 else n - 1]
 
     while True:
-        while next_arrival < n and arrivals[next_arrival] <= t:
+        while next_arrival < n and next_arrival_time <= t:
             waiting.append(next_arrival)
             next_arrival += 1
-        while waiting and len(decoding) + len(prefilling) < limits.max_num_seqs:
+            next_arrival_time = arrivals[next_arrival] if next_arrival < n else math.inf
+        while waiting and len(decoding) + len(prefilling) < max_seqs:
             req = waiting[0]
-            need = work.kv_tokens_needed[req]
+            need = kv_needed[req]
             # Reserve prompt + output up front (no preemption); an oversize request runs alone.
-            if kv_used + need > limits.kv_tokens and (decoding or prefilling):
+            if kv_used + need > kv_tokens and (decoding or prefilling):
                 break
             waiting.popleft()
             kv_used += need
-            computed = work.computed_prompt_tokens[req]
-            prefilling.append([req, float(computed), float(work.prompts[req] - computed)])
+            computed = computed_prompt[req]
+            prefilling.append([req, float(computed), float(prompts[req] - computed)])
             pending_prefill += computed
         if not decoding and not prefilling:
             if next_arrival >= n:
                 break
-            t = max(t, arrivals[next_arrival])
+            if next_arrival_time > t:
+                t = next_arrival_time
             continue
 
         batch = len(decoding)
         context_sum = context_base + batch * gained * steps_done
-        budget = limits.max_batched_tokens - batch * fed
-        chunk = min(float(budget), pending_prefill) if prefilling and budget > 0 else 0.0
+        budget = max_batched - batch * fed
+        if prefilling and budget > 0:
+            chunk = float(budget)
+            if pending_prefill < chunk:
+                chunk = pending_prefill
+        else:
+            chunk = 0.0
         if prefilling and batch == 0 and chunk <= 0:
-            chunk = min(float(limits.max_batched_tokens), pending_prefill)
+            chunk = float(max_batched)
+            if pending_prefill < chunk:
+                chunk = pending_prefill
         head = prefilling[0] if prefilling else None
         chunk_context = chunk * (head[2] + chunk / 2) if chunk and head else 0.0
-        dt = step.seconds(batch, context_sum, chunk, chunk_context)
+
+        # StepModel.seconds(batch, context_sum, chunk, chunk_context), inlined.
+        tokens = batch * fed + chunk
+        flops = (matmul * tokens
+                 + attention * (context_sum * fed + chunk_context)
+                 + lm_head * (batch + (1 if chunk else 0)))
+        weight_bytes = dense_bytes
+        if expert_bytes:
+            touched = 1.0 - expert_miss ** tokens
+            weight_bytes += expert_bytes * touched
+        memory_bytes = weight_bytes + kv_per_token * context_sum
+        compute_time = flops / peak
+        memory_time = memory_bytes / bandwidth
+        roofline = memory_time if memory_time > compute_time else compute_time
+        collectives = allreduces * (collective_latency + allreduce_bytes * tokens / link)
+        dt = (roofline + collectives + step_overhead) * stages
 
         k = MAX_STEPS_PER_EVENT
         if chunk and head is not None:
-            k = min(k, math.ceil(head[1] / chunk - 1e-9))
+            bound = ceil(head[1] / chunk - 1e-9)
+            if bound < k:
+                k = bound
         if batch:
-            k = min(k, decoding[0][0] - steps_done)
+            bound = decoding[0][0] - steps_done
+            if bound < k:
+                k = bound
         if next_arrival < n:
-            k = min(k, math.ceil((arrivals[next_arrival] - t) / dt))
-        k = max(1, k)
+            bound = ceil((next_arrival_time - t) / dt)
+            if bound < k:
+                k = bound
+        if k < 1:
+            k = 1
 
         if batch and t >= warm_time:
-            itl.append((dt / gained, batch * k))
+            itl_append((dt / gained, batch * k))
         t += k * dt
         busy += k * dt
         steps_done += k
@@ -544,14 +603,14 @@ def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float |
                 prefilling.popleft()
                 req = int(entry[0])
                 ttft[req] = t - arrivals[req]  # the step that ends the prefill samples the first token
-                remaining = work.outputs[req] - 1
+                remaining = outputs[req] - 1
                 if remaining <= 0:
                     finished_at[req] = t
-                    kv_used -= work.kv_tokens_needed[req]
+                    kv_used -= kv_needed[req]
                     continue
-                start_context = work.prompts[req] + 1
+                start_context = prompts[req] + 1
                 base = start_context - gained * steps_done
-                heapq.heappush(decoding, (steps_done + math.ceil(remaining / gained), req, base))
+                heappush(decoding, (steps_done + ceil(remaining / gained), req, base))
                 context_base += base
             else:
                 entry[1] -= consumed
@@ -559,16 +618,16 @@ def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float |
                 pending_prefill -= consumed
                 consumed = 0.0
         while decoding and decoding[0][0] <= steps_done:
-            _, req, base = heapq.heappop(decoding)
+            _, req, base = heappop(decoding)
             context_base -= base
-            kv_used -= work.kv_tokens_needed[req]
+            kv_used -= kv_needed[req]
             finished_at[req] = t
 
     measured = range(min(WARMUP_REQUESTS, n - 1), n)
     ttfts = sorted(ttft[i] for i in measured)
     span = max(finished_at) - (arrivals[measured[0]] if rate else 0.0)
     completed = len(measured)
-    out_tokens = sum(work.outputs[i] for i in measured)
+    out_tokens = sum(outputs[i] for i in measured)
     return SimulationResult(
         ttft_p50=_percentile(ttfts, 0.50), ttft_p95=_percentile(ttfts, 0.95),
         itl_p50=_weighted_percentile(list(itl), 0.50), itl_p95=_weighted_percentile(itl, 0.95),
@@ -598,12 +657,14 @@ class Targets:
         return ttft_ok and itl_ok
 
 
-@lru_cache(maxsize=512)
+# Sized for a fleet: a thousand deploy files share a few hundred shapes, each needing about a dozen simulations;
+# an evicted entry costs a simulation (milliseconds), a kept one a few hundred bytes.
+@lru_cache(maxsize=16384)
 def _simulate_cached(step: StepModel, limits: BatchLimits, work: Workload, rate: float | None) -> SimulationResult:
     return simulate(step, limits, work, rate)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=4096)
 def replica_capacity(step: StepModel, limits: BatchLimits, work: Workload, targets: Targets) -> ReplicaCapacity:
     saturated = _simulate_cached(step, limits, work, None).requests_per_second
     lowest = saturated * 0.02

@@ -357,7 +357,7 @@ def render_configs(plan: StackPlan, state_dir: Path, with_exporter: bool) -> dic
             rule_files=[str(Path(r).resolve()) for r in plan.rule_files],
             alertmanager=f"{HOST}:{p.alertmanager}", engines=engines,
             exporter=f"{HOST}:{p.exporter}" if with_exporter else None, haproxy=f"{HOST}:{p.haproxy_stats}",
-            prometheus=f"{HOST}:{p.prometheus}")),
+            prometheus=f"{HOST}:{p.prometheus}", simulated_gpus=plan.engine == "sim")),
         "alertmanager": ("alertmanager.yml", env.get_template("alertmanager.yml.j2").render(
             group_wait="1s", group_interval="5s", repeat_interval="1h",
             receiver_url=f"http://{HOST}:{p.receiver}/alerts")),

@@ -154,7 +154,8 @@ def test_prometheus_scrapes_every_target(running):
     targets = _wait_for(all_up, 30, 0.5)
     assert targets, _get_json(f"{running.prometheus_url}/api/v1/targets")
     jobs = sorted(t["labels"]["job"] for t in targets)
-    assert jobs == ["alertmanager", "engines", "engines", "forge-exporter", "haproxy", "prometheus"]
+    assert jobs == ["alertmanager", "engines", "engines", "forge-exporter", "haproxy", "prometheus",
+                    "simulated-gpus", "simulated-gpus"]
 
 
 def test_prometheus_loaded_forge_rules(running):
