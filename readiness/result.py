@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Status = Literal["fail", "warn", "pass", "waived", "not_applicable"]
@@ -42,7 +42,9 @@ class Finding:
     rationale: str = ""                            # why the check matters (the check's own text)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow on purpose: the dict is for serialising, and dataclasses.asdict's deep copy of every evidence
+        # value was most of the time a 1,000-file fleet report spent after the assessments were done.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
