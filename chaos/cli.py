@@ -6,13 +6,15 @@ aborted or deviated; 2 bad input or usage; 130 interrupted (rollbacks ran, the j
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from forge.console import error as _err
+from forge.console import one_line_input_errors
 
 from forge.errors import InputError
 
@@ -23,23 +25,7 @@ app = typer.Typer(help="Chaos game days on loopback: fault experiments with roll
                   pretty_exceptions_enable=False)
 
 
-def _err(message: str) -> None:
-    sys.stderr.write(f"forge: error: {message}\n")
-
-
-def _guarded(func):
-    """InputError -> one line per message, exit 2 (also when this app runs on its own, outside forge/cli.py)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except InputError as exc:
-            for message in exc.messages:
-                _err(message)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-
-    return wrapper
+_guarded = one_line_input_errors
 
 
 def _say(message: str) -> None:

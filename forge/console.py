@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 
 def error(message: str) -> None:
     """One line per problem on stderr, never a traceback."""
     sys.stderr.write(f"forge: error: {message}\n")
+
+
+def one_line_input_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A command's InputError becomes one line per message and exit 2, also when its sub-app runs on its own."""
+    import typer
+
+    from forge.errors import InputError
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InputError as exc:
+            for message in exc.messages:
+                error(message)
+            raise typer.Exit(2) from None
+
+    return wrapper
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -21,7 +21,7 @@ import typer
 from typer.core import TyperCommand
 
 from forge.console import error as _err
-from forge.console import write_atomic
+from forge.console import one_line_input_errors, write_atomic
 
 try:  # recent typer vendors click; its UsageError is not click's
     from typer._click.exceptions import UsageError
@@ -68,19 +68,7 @@ class Api(str, Enum):
     chat = "chat"
 
 
-def _guarded(func):
-    """InputError -> one line per message, exit 2 (also when this app runs on its own, outside forge/cli.py)."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except InputError as exc:
-            for message in exc.messages:
-                _err(message)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-    return wrapper
+_guarded = one_line_input_errors
 
 
 def _load_deployment(path: Optional[Path]):

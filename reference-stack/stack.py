@@ -79,6 +79,31 @@ class Ports:
     def engine_port(self, index: int) -> int:
         return self.engine + index
 
+    @classmethod
+    def free(cls, replicas: int) -> "Ports":
+        """Ports the OS reports free right now (tests, parallel stacks): `replicas` consecutive ones for the
+        engines, one each for the other components. Another process may still take one before `up` binds it."""
+
+        def any_free_port() -> int:
+            with socket.socket() as s:
+                s.bind((HOST, 0))
+                return s.getsockname()[1]
+
+        for _ in range(50):
+            first = any_free_port()
+            if all(port_is_free(HOST, first + i) for i in range(replicas)):
+                break
+        taken = set(range(first, first + replicas))
+        others: list[int] = []
+        while len(others) < 6:
+            port = any_free_port()
+            if port not in taken:
+                taken.add(port)
+                others.append(port)
+        gateway, stats, exporter, prometheus, alertmanager, receiver = others
+        return cls(engine=first, gateway=gateway, haproxy_stats=stats, exporter=exporter, prometheus=prometheus,
+                   alertmanager=alertmanager, receiver=receiver)
+
 
 @dataclass
 class StackPlan:

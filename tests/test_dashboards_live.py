@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -53,30 +52,6 @@ EXEMPT: dict[tuple[str, str], str] = {
 LOAD_DURATION_S = 20
 SCRAPES_AFTER_LOAD = 3
 runner = CliRunner()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _free_ports(replicas: int) -> stack.Ports:
-    """Free ports for every component; the engines need `replicas` consecutive ones (as in test_stack.py)."""
-    for _ in range(50):
-        first = _free_port()
-        if all(stack.port_is_free("127.0.0.1", first + i) for i in range(replicas)):
-            break
-    taken = set(range(first, first + replicas))
-    others = []
-    while len(others) < 6:
-        port = _free_port()
-        if port not in taken:
-            taken.add(port)
-            others.append(port)
-    gateway, stats, exporter, prometheus, alertmanager, receiver = others
-    return stack.Ports(engine=first, gateway=gateway, haproxy_stats=stats, exporter=exporter, prometheus=prometheus,
-                       alertmanager=alertmanager, receiver=receiver)
 
 
 def as_live_promql(expr: str) -> str:
@@ -126,7 +101,7 @@ def test_exemptions_name_real_panels():
 def test_every_panel_query_returns_series_on_the_live_stack(tmp_path):
     started = time.monotonic()
     queries = panel_queries()
-    plan = stack.StackPlan(state_dir=tmp_path / "state", engine="sim", replicas=2, ports=_free_ports(2),
+    plan = stack.StackPlan(state_dir=tmp_path / "state", engine="sim", replicas=2, ports=stack.Ports.free(2),
                            sim_args=SIM_ARGS)
     try:
         running = stack.up(plan)

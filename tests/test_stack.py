@@ -33,30 +33,6 @@ ALERT_DEADLINE_S = 75.0
 runner = CliRunner()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _free_ports(replicas: int) -> stack.Ports:
-    """Free ports for every component; the engines need `replicas` consecutive ones."""
-    for _ in range(50):
-        first = _free_port()
-        if all(stack.port_is_free("127.0.0.1", first + i) for i in range(replicas)):
-            break
-    taken = set(range(first, first + replicas))
-    others = []
-    while len(others) < 6:
-        port = _free_port()
-        if port not in taken:
-            taken.add(port)
-            others.append(port)
-    gateway, stats, exporter, prometheus, alertmanager, receiver = others
-    return stack.Ports(engine=first, gateway=gateway, haproxy_stats=stats, exporter=exporter, prometheus=prometheus,
-                       alertmanager=alertmanager, receiver=receiver)
-
-
 def _fast_engine_down_rules(directory: Path) -> Path:
     """The reference stack's own ForgeEngineDown rule (same expression) with a short `for:`, so the test sees
     the whole path — exporter, Prometheus, Alertmanager, receiver — within seconds instead of over a minute."""
@@ -94,7 +70,7 @@ def _wait_for(predicate, timeout_s: float, interval_s: float = 0.1):
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
-    plan = stack.StackPlan(state_dir=tmp / "state", engine="sim", replicas=2, ports=_free_ports(2),
+    plan = stack.StackPlan(state_dir=tmp / "state", engine="sim", replicas=2, ports=stack.Ports.free(2),
                            rule_files=[stack.DEFAULT_RULES, _fast_engine_down_rules(tmp)])
     started = time.monotonic()
     try:
@@ -270,7 +246,7 @@ def _stack_processes(state_dir: Path) -> list[int]:
 def test_up_failing_halfway_leaves_nothing(tmp_path):
     state_dir = tmp_path / "state"
     # A simulator flag it refuses: the engines exit at once, after the services have started.
-    plan = stack.StackPlan(state_dir=state_dir, replicas=1, ports=_free_ports(1),
+    plan = stack.StackPlan(state_dir=state_dir, replicas=1, ports=stack.Ports.free(1),
                            sim_args=["--max-num-seqs", "0"])
     with pytest.raises(stack.StackError, match="engine-s0 exited during start-up"):
         stack.up(plan)
@@ -280,7 +256,7 @@ def test_up_failing_halfway_leaves_nothing(tmp_path):
 
 
 def test_port_taken_is_bad_input(tmp_path):
-    ports = _free_ports(1)
+    ports = stack.Ports.free(1)
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", ports.gateway))
         holder.listen()
