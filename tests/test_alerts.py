@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from forge import catalog
 from forge.alerts import generate
 from forge.alerts.cli import app, generate_file, rules_file_name
-from forge.alerts.generate import (DEFAULT_SLO, SRE_WORKBOOK_WINDOWS, Settings, SloTargets, build_rules,
+from forge.alerts.generate import (SRE_WORKBOOK_WINDOWS, Settings, SloTargets, build_rules,
                                    burn_factor, burn_windows, slo_bucket)
 from forge.errors import InputError
 from forge.loader import load

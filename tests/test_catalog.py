@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from forge import catalog
-from forge.catalog import CatalogError, DerivedSignal, Signal, UnknownSignalError, load_catalog, render_markdown
+from forge.catalog import CatalogError, UnknownSignalError, load_catalog, render_markdown
 from forge.catalog_cli import app
 
 ROOT = Path(__file__).resolve().parent.parent

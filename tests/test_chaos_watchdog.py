@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import stream_long_completion, wait_for
 
 from forge.chaos.watchdog import (HEALTHY, HUNG, UNREACHABLE, ProgressWatchdog, WatchdogLoop, WatchTarget,
                                   metrics_url, progress_sample)
@@ -21,13 +22,10 @@ STALL = 5.0
 
 
 def _wait_for(predicate, timeout_s: float = 10.0, step_s: float = 0.02):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    raise AssertionError("condition not reached in time")
+    value = wait_for(predicate, timeout_s, step_s)
+    if not value:
+        raise AssertionError("condition not reached in time")
+    return value
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +39,7 @@ def pages() -> dict[str, str]:
 
         captured["idle"] = page()
 
-        def stream() -> None:
-            body = {"model": "tiny", "prompt": "abcd" * 8, "max_tokens": 900, "ignore_eos": True, "stream": True}
-            try:
-                with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
-                    for _ in response.iter_lines():
-                        pass
-            except httpx.HTTPError:
-                pass  # the server ends the stream at shutdown
-
-        threading.Thread(target=stream, daemon=True).start()
+        threading.Thread(target=stream_long_completion, args=(url, "abcd" * 8), daemon=True).start()
         _wait_for(lambda: progress_sample(page()).generation_tokens > 5)
         captured["busy_early"] = page()
         time.sleep(0.3)
@@ -159,16 +148,7 @@ def test_loop_detects_a_live_hang_within_stall_plus_two_polls():
         loop = WatchdogLoop([WatchTarget("sim", metrics_url(url))], ProgressWatchdog(stall),
                             on_transition=transitions.append, poll_interval_s=poll)
 
-        def stream() -> None:
-            body = {"model": "tiny", "prompt": "abcd", "max_tokens": 900, "ignore_eos": True, "stream": True}
-            try:
-                with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
-                    for _ in response.iter_lines():
-                        pass
-            except httpx.HTTPError:
-                pass
-
-        threading.Thread(target=stream, daemon=True).start()
+        threading.Thread(target=stream_long_completion, args=(url,), daemon=True).start()
         loop.start()
         try:
             _wait_for(lambda: progress_sample(httpx.get(url + "/metrics").text).generation_tokens > 5)

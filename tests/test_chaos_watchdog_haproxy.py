@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+from helpers import stream_long_completion
 from typer.testing import CliRunner
 
 from forge.chaos.cli import app
@@ -70,15 +71,6 @@ backend engines
                     assert time.monotonic() < deadline, "haproxy did not open its admin socket"
                     time.sleep(0.1)
 
-            def stream() -> None:
-                body = {"model": "tiny", "prompt": "abcd", "max_tokens": 900, "ignore_eos": True, "stream": True}
-                try:
-                    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
-                        for _ in response.iter_lines():
-                            pass
-                except httpx.HTTPError:
-                    pass
-
             statuses: list[str] = []
 
             def fault_script() -> None:
@@ -91,7 +83,7 @@ backend engines
                 time.sleep(1.0)
                 statuses.append(server_status(sock))
 
-            threading.Thread(target=stream, daemon=True).start()
+            threading.Thread(target=stream_long_completion, args=(url,), daemon=True).start()
             script = threading.Thread(target=fault_script)
             script.start()
             result = CliRunner().invoke(app, ["watchdog", "--target", url, "--stall-seconds", str(STALL),

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 from forge.dashboards.validate import panels
 from forge.reference_stack import stack
 from typer.testing import CliRunner
@@ -82,16 +83,6 @@ def prometheus_query(base_url: str, promql: str) -> dict:
         return json.loads(error.read() or b'{"status": "error", "error": "empty body"}')
 
 
-def _wait_for(predicate, timeout_s: float, interval_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    return None
-
-
 def test_exemptions_name_real_panels():
     known = {(stem, title) for stem, title, _, _ in panel_queries()}
     assert set(EXEMPT) <= known, sorted(set(EXEMPT) - known)
@@ -128,7 +119,7 @@ def test_every_panel_query_returns_series_on_the_live_stack(tmp_path):
             return all(t["health"] == "up" and _unix(t["lastScrape"]) > load_done + (SCRAPES_AFTER_LOAD - 1) *
                        plan.scrape_interval_s for t in active) if active else False
 
-        assert _wait_for(scraped_after_load, 30), "Prometheus did not scrape every target after the load"
+        assert wait_for(scraped_after_load, 30, 0.5), "Prometheus did not scrape every target after the load"
         _wait_past_first_minute_step(prom)
 
         results = []

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forge.catalog import get_catalog
 from forge.exporters.config import ExporterSettings, Target
-from forge.exporters.normalize import Histogram, normalize
+from forge.exporters.normalize import normalize
 from forge.exporters.pageserver import PageServer
 from forge.exporters.scrape import ScrapeFailure, fetch_page, new_session
 from forge.exporters.server import ExporterService

@@ -13,6 +13,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 import yaml
 from typer.testing import CliRunner
 
@@ -55,16 +56,6 @@ def _query(running, promql: str) -> list[dict]:
 
 def _complete(gateway_url: str) -> dict:
     return _get_json(f"{gateway_url}/v1/completions", {"model": "tiny", "prompt": "hello stack", "max_tokens": 4})
-
-
-def _wait_for(predicate, timeout_s: float, interval_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +118,7 @@ def test_prometheus_scrapes_every_target(running):
         targets = _get_json(f"{running.prometheus_url}/api/v1/targets")["data"]["activeTargets"]
         return targets if targets and all(t["health"] == "up" for t in targets) else None
 
-    targets = _wait_for(all_up, 30, 0.5)
+    targets = wait_for(all_up, 30, 0.5)
     assert targets, _get_json(f"{running.prometheus_url}/api/v1/targets")
     jobs = sorted(t["labels"]["job"] for t in targets)
     assert jobs == ["alertmanager", "engines", "engines", "forge-exporter", "haproxy", "prometheus",
@@ -147,13 +138,13 @@ def test_prometheus_has_engine_data(running):
     def series(promql):
         return _query(running, promql)
 
-    engine_series = _wait_for(lambda: len(series("vllm:num_requests_running")) == 2 and
+    engine_series = wait_for(lambda: len(series("vllm:num_requests_running")) == 2 and
                               len(series("forge_engine_up")) == 2 and
                               len(series('haproxy_server_status{proxy="engines",state="UP"}==1')) == 2, 30, 0.5)
     assert engine_series, (series("vllm:num_requests_running"), series("forge_engine_up"))
     replicas = {s["metric"]["replica"]: s["value"][1] for s in series("forge_engine_up")}
     assert replicas == {"s0": "1", "s1": "1"}
-    assert _wait_for(lambda: any(float(s["value"][1]) >= 1 for s in series("vllm:request_success_total")), 20, 0.5)
+    assert wait_for(lambda: any(float(s["value"][1]) >= 1 for s in series("vllm:request_success_total")), 20, 0.5)
 
 
 def test_gateway_runtime_api_drain_and_weight(running):
@@ -177,9 +168,9 @@ def test_crashed_replica_marked_down_traffic_continues_and_alert_fires(running):
     crashed_at = time.time()
     t0 = time.monotonic()
     _get_json(f"{victim.url}/_forge/faults", {"mode": "crash"})  # the simulator exits with status 1
-    assert _wait_for(lambda: not victim.leader_alive(), 5)
+    assert wait_for(lambda: not victim.leader_alive(), 5)
 
-    down_after = _wait_for(lambda: (time.monotonic() - t0) if {s["name"]: s["status"] for s in gateway.servers()}
+    down_after = wait_for(lambda: (time.monotonic() - t0) if {s["name"]: s["status"] for s in gateway.servers()}
                            .get("s1", "").startswith("DOWN") else None, 10, 0.05)
     assert down_after is not None, gateway.servers()
     print(f"\nHAProxy marked s1 DOWN {down_after:.2f} s after the crash (inter 1 s, fall 2)")
@@ -193,7 +184,7 @@ def test_crashed_replica_marked_down_traffic_continues_and_alert_fires(running):
         return [e for e in alert_events(running.receiver_file)
                 if e["alertname"] == TEST_ALERT and e["status"] == "firing" and e["labels"].get("replica") == "s1"]
 
-    events = _wait_for(fired, ALERT_DEADLINE_S, 0.25)
+    events = wait_for(fired, ALERT_DEADLINE_S, 0.25)
     assert events, f"no {TEST_ALERT} for s1 in {running.receiver_file}: {alert_events(running.receiver_file)}"
     print(f"{TEST_ALERT} (for: {TEST_ALERT_FOR}) reached the receiver "
           f"{events[0]['received_unix'] - crashed_at:.1f} s after the crash")
@@ -250,7 +241,7 @@ def test_up_failing_halfway_leaves_nothing(tmp_path):
                            sim_args=["--max-num-seqs", "0"])
     with pytest.raises(stack.StackError, match="engine-s0 exited during start-up"):
         stack.up(plan)
-    assert _wait_for(lambda: not _stack_processes(state_dir), 5) is not None or not _stack_processes(state_dir)
+    assert wait_for(lambda: not _stack_processes(state_dir), 5) is not None or not _stack_processes(state_dir)
     assert all(stack.port_is_free("127.0.0.1", port) for port in plan.all_ports().values())
     assert stack.status(state_dir)["components"] == []
 
