@@ -67,12 +67,15 @@ def test_pages_are_what_the_scenarios_need(pages):
     assert early.requests_running > 0 and later.generation_tokens > early.generation_tokens
     hung_1, hung_2 = sample(pages, "hung_1"), sample(pages, "hung_2")
     assert hung_1.requests_running > 0 and hung_1.generation_tokens == hung_2.generation_tokens
+    assert hung_1.generation_tokens >= later.generation_tokens
     assert sample(pages, "resumed").generation_tokens > hung_2.generation_tokens
 
 
 def test_hung_replica_is_declared_after_stall_seconds(pages):
     watchdog = ProgressWatchdog(STALL)
-    assert watchdog.observe("r", sample(pages, "busy_later"), 0.0) is None
+    # busy_early, not busy_later: whether the step in progress when the hang began still ended after busy_later
+    # is a race, but hung_1 >= busy_later > busy_early always holds (the fixture guard checks it).
+    assert watchdog.observe("r", sample(pages, "busy_early"), 0.0) is None
     assert watchdog.observe("r", sample(pages, "hung_1"), 0.5) is None     # tokens moved since the last sample
     assert watchdog.observe("r", sample(pages, "hung_2"), 5.4) is None     # frozen 4.9 s < stall
     transition = watchdog.observe("r", sample(pages, "hung_2"), 5.5)
@@ -92,7 +95,7 @@ def test_idle_engine_is_never_hung(pages):
 def test_busy_engine_producing_tokens_is_never_hung(pages):
     watchdog = ProgressWatchdog(STALL)
     busy = [sample(pages, "busy_early"), sample(pages, "busy_later"), sample(pages, "hung_1"), sample(pages, "resumed")]
-    # Slow but moving: each sample 4 s apart (just under the stall), tokens always higher than the one before.
+    # Slow but moving: each sample 4 s apart (just under the stall), so tokens never stay frozen for the stall.
     for i, s in enumerate(busy):
         assert watchdog.observe("r", s, i * 4.0) is None
     assert watchdog.state("r") == HEALTHY
