@@ -162,7 +162,7 @@ def tracing(ctx):
        remediation="Use the signal names `forge catalog list` shows in observability.signals.",
        path="observability.signals")
 def known_signals(ctx):
-    from forge.catalog import signal_aliases
+    from forge.signal_index import signal_aliases
 
     known = signal_aliases()
     unknown = sorted(sig for sig in _signals(ctx) if sig not in known)
