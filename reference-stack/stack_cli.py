@@ -197,3 +197,28 @@ def gateway_set_cmd(
         raise typer.Exit(EXIT_FAILED)
     for s in gateway.servers():
         typer.echo(f"{s['name']}: {s['status']} weight {s['weight']}")
+
+
+@app.command("k8s")
+def k8s_cmd(
+    deploy: Annotated[Path, typer.Option("--deploy", "-d", help="deploy.yaml to render.")] = Path(
+        "reference-stack/deploy.yaml"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the manifests (kustomize layout).")] = Path(
+        "reference-stack/k8s"),
+    namespace: Annotated[Optional[str], typer.Option("--namespace", help="Default: the deployment's name.")] = None,
+    prometheus_url: Annotated[Optional[str], typer.Option("--prometheus-url", help="Prometheus the canary "
+                                                          "analysis queries.")] = None,
+) -> None:
+    """Kubernetes manifests for a deploy.yaml (Argo Rollout, HPA, PDB, ServiceMonitor, PrometheusRule, ...);
+    apply with `kubectl apply -k OUT` (reference-stack/k8s/README.md)."""
+    from forge.errors import InputError
+    from forge.reference_stack import k8s
+
+    options = k8s.Options(namespace=namespace, prometheus_url=prometheus_url or k8s.DEFAULT_PROMETHEUS_URL)
+    try:
+        written = k8s.write(k8s.render(deploy, options), out)
+    except InputError as exc:
+        for message in exc.messages:
+            _err(message)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    typer.echo(f"{len(written)} files written to {out} — apply with `kubectl apply -k {out}`")
