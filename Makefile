@@ -18,10 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # The main job: start the reference stack (simulator replicas behind HAProxy, Prometheus, Alertmanager), replay
-# bounded load through its gateway, and grade the reference deployment with that load as evidence; then every
-# report format, the nine examples as a fleet and the capacity plan. The stack is always taken down again.
-# A not_ready verdict (exit 1) is a result, not a build failure; bad input (exit 2) is.
+# bounded load through its gateway, take the stack down, run the engine-hang game day (its own simulator lab on
+# 127.0.0.1, ~20 s), and grade the reference deployment with the load and the drill's journal as evidence; then
+# every report format, the nine examples as a fleet and the capacity plan. The stack is always taken down again.
+# A not_ready verdict or a failed drill (exit 1) is a result, not a build failure; bad input (exit 2) is.
 DEMO_STATE := .forge/demo-stack
+DEMO_EVIDENCE := --load-results $(OUT)/load-results.jsonl --chaos-journal $(OUT)/chaos-engine-hang.json
 demo: install stack-deps
 	@mkdir -p $(OUT)
 	@trap '$(BIN)/forge stack down --state-dir $(DEMO_STATE) >/dev/null 2>&1' EXIT; \
@@ -32,11 +34,14 @@ demo: install stack-deps
 	  $(BIN)/forge load run --target $$gateway --deploy reference-stack/deploy.yaml --rate 4 --duration 20 \
 	    --out $(OUT)/load-results.jsonl --summary-json $(OUT)/load-summary.json --no-progress >/dev/null; \
 	  rc=$$?; [ $$rc -le 1 ] || exit $$rc
-	@$(BIN)/forge readiness assess reference-stack/deploy.yaml --load-results $(OUT)/load-results.jsonl; \
+	@echo "game day: engine-hang (a replica's generation frozen under load; the progress watchdog must catch it) ..."
+	@$(BIN)/forge chaos run engine-hang --journal $(OUT)/chaos-engine-hang.json > $(OUT)/chaos-engine-hang.log 2>&1; \
+	  rc=$$?; tail -n 2 $(OUT)/chaos-engine-hang.log; [ $$rc -le 1 ] || exit $$rc
+	@$(BIN)/forge readiness assess reference-stack/deploy.yaml $(DEMO_EVIDENCE); \
 	  rc=$$?; [ $$rc -le 1 ] || exit $$rc
 	@for fmt in html json sarif junit markdown; do \
 	  ext=$$fmt; [ $$fmt = markdown ] && ext=md; [ $$fmt = junit ] && ext=xml; \
-	  $(BIN)/forge readiness assess reference-stack/deploy.yaml --load-results $(OUT)/load-results.jsonl \
+	  $(BIN)/forge readiness assess reference-stack/deploy.yaml $(DEMO_EVIDENCE) \
 	    --format $$fmt --output $(OUT)/readiness.$$ext; \
 	  rc=$$?; [ $$rc -le 1 ] || exit $$rc; \
 	done
@@ -44,7 +49,7 @@ demo: install stack-deps
 	  rc=$$?; [ $$rc -le 1 ] || exit $$rc
 	@$(BIN)/forge capacity plan reference-stack/deploy.yaml --format json > $(OUT)/capacity.json
 	@echo "Reports written to $(OUT)/ — open $(OUT)/readiness.html (the reference stack, graded with the load it" \
-	  "just served as evidence) and $(OUT)/fleet.html (the nine examples) in a browser."
+	  "just served and the engine-hang drill's journal as evidence) and $(OUT)/fleet.html (the nine examples) in a browser."
 
 # Tests marked `gpu` need an NVIDIA GPU: they run on the device machine (docs/exporter.md), not here.
 test: install $(TEST_DEPS)

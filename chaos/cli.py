@@ -1,11 +1,15 @@
-"""`forge chaos ...` (to be mounted by forge/cli.py as `chaos`): list and run experiments, run the progress watchdog.
+"""`forge chaos ...` (mounted by forge/cli.py as `chaos`): list and run experiments, run the progress watchdog and
+the spot-interruption drain agent.
 
-Exit codes: 0 experiment completed and steady state held (watchdog: stopped cleanly); 1 the experiment failed,
-aborted or deviated; 2 bad input or usage; 130 interrupted (rollbacks ran, the journal is written).
+Exit codes: 0 experiment completed and steady state held (watchdog: stopped cleanly; drain agent: drained and
+stopped the engine in time, or no notice came); 1 the experiment failed, aborted or deviated (drain agent: requests
+were still in flight or the engine had to be killed); 2 bad input or usage; 130 interrupted (rollbacks ran, the
+journal is written).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -62,8 +66,14 @@ def run_cmd(
         _err(f"interrupted: rollbacks ran, journal written to {journal}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     m = result.measurements
-    _say(f"status {result.status}, deviated {str(result.deviated).lower()}; detection {m.get('detection_seconds')} s "
-         f"(stall {m.get('stall_seconds')} s), recovery {m.get('recovery_seconds')} s; load {result.load.get('outcomes')}")
+    if "lost_requests_with_drain" in m or "lost_requests_without_drain" in m:
+        _say(f"status {result.status}, deviated {str(result.deviated).lower()}; lost requests with the drain "
+             f"{m.get('lost_requests_with_drain')}, without {m.get('lost_requests_without_drain')}; drain "
+             f"{m.get('drain_seconds')} s of a {m.get('notice_seconds')} s {m.get('provider')} notice; "
+             f"load {result.load.get('outcomes')}")
+    else:
+        _say(f"status {result.status}, deviated {str(result.deviated).lower()}; detection {m.get('detection_seconds')} s "
+             f"(stall {m.get('stall_seconds')} s), recovery {m.get('recovery_seconds')} s; load {result.load.get('outcomes')}")
     _say(f"journal: {journal}")
     raise typer.Exit(EXIT_OK if result.status == "completed" and not result.deviated else EXIT_NOT_OK)
 
@@ -118,3 +128,83 @@ def watchdog_cmd(
     loop.stop()
     for error in loop.hook_errors:
         _err(f"hook: {error}")
+
+
+@app.command("drain-agent")
+@_guarded
+def drain_agent_cmd(
+    provider: Annotated[str, typer.Option("--provider", help="whose interruption notice to poll: aws (IMDSv2 "
+                                          "spot/instance-action) or gcp (instance/preempted)")],
+    metadata_url: Annotated[str, typer.Option("--metadata-url", help="base URL of the metadata service, e.g. the "
+                                              "game-day endpoint http://127.0.0.1:PORT")],
+    replica: Annotated[str, typer.Option("--replica", help="the stack replica to drain: its HAProxy server name "
+                                         "(s0, s1, ...)")],
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="the stack's state dir (forge stack up)")] = Path(".forge/stack"),
+    poll_interval: Annotated[float, typer.Option("--poll-interval", help="seconds between metadata polls")] = 1.0,
+    safety_margin: Annotated[float, typer.Option("--safety-margin", help="the engine must be gone this many seconds "
+                                                 "before the notice runs out")] = 5.0,
+    notice_seconds: Annotated[Optional[float], typer.Option("--notice-seconds", help="notice length when the provider "
+                                                           "does not publish the time (gcp; default 30)")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="stop polling after this long "
+                                                         "(default: until a notice or Ctrl-C)")] = None,
+    allow_remote_metadata: Annotated[bool, typer.Option("--allow-remote-metadata", help="poll a metadata URL that is "
+                                                        "not loopback (on a real instance: 169.254.169.254)")] = False,
+) -> None:
+    """Poll the cloud's interruption notice; on one, drain the replica at HAProxy, wait for its in-flight requests,
+    then SIGTERM its engine (by the pid the stack started) within the notice."""
+    import threading
+
+    from forge.chaos.spot import PROVIDERS, DrainAgent, NoticeClient, component_target
+    from forge.load.runner import is_loopback_url
+    from forge.reference_stack.stack import Gateway, StackState
+
+    if provider not in PROVIDERS:
+        raise InputError(f"--provider {provider!r}: use {' or '.join(PROVIDERS)}")
+    if not metadata_url.startswith("http://"):
+        raise InputError(f"--metadata-url {metadata_url!r}: not an http URL — e.g. http://127.0.0.1:8181 (metadata "
+                         "services speak plain HTTP)")
+    if not allow_remote_metadata and not is_loopback_url(metadata_url):
+        raise InputError(f"--metadata-url {metadata_url}: not loopback — game days poll the local endpoint; on a "
+                         "real instance pass --allow-remote-metadata")
+    if poll_interval <= 0 or safety_margin < 0:
+        raise InputError(f"--poll-interval {poll_interval:g} / --safety-margin {safety_margin:g}: the interval must "
+                         "be > 0 and the margin >= 0")
+    if notice_seconds is not None and notice_seconds <= 0:
+        raise InputError(f"--notice-seconds {notice_seconds:g}: must be > 0 (GCP gives 30)")
+    state = StackState.load(state_dir)
+    if state is None or not state.haproxy_socket.exists():
+        raise InputError(f"--state-dir {state_dir}: no running stack there — start one with `forge stack up` or "
+                         "give its --state-dir")
+    try:
+        engine = state.component(f"engine-{replica}")
+    except KeyError:
+        names = ", ".join(c.name.removeprefix("engine-") for c in state.engines())
+        raise InputError(f"--replica {replica!r}: not a replica of the stack in {state_dir} — use one of {names}") from None
+    if not engine.leader_alive():
+        raise InputError(f"--replica {replica}: its engine (pid {engine.pid}) is not running — restart the stack")
+    configured = None
+    for flag in ("--shutdown-timeout", "--shutdown-timeout-s"):
+        if flag in engine.command:
+            configured = int(float(engine.command[engine.command.index(flag) + 1]))
+
+    target = component_target(engine, replica, Gateway(state), configured)
+    agent = DrainAgent(NoticeClient(provider, metadata_url, notice_seconds=notice_seconds), target,
+                       poll_interval_s=poll_interval, safety_margin_s=safety_margin, log=_say)
+    _say(f"polling {provider} interruption notices at {metadata_url} every {poll_interval:g} s for replica "
+         f"{replica} (engine pid {engine.pid}, --shutdown-timeout {configured if configured is not None else 'default'})")
+    stop = threading.Event()
+    try:
+        report = agent.run(stop, max_seconds=max_seconds)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        agent.client.close()
+    if report is None:
+        _say(f"no interruption notice within {max_seconds:g} s")
+        return
+    r = report.as_dict()
+    _say(f"drained {replica}: drain_seconds {r['drain_seconds']}, stopped {r['stop_seconds']} s after SIGTERM, "
+         f"{r['seconds_left_at_exit']} s before the notice ran out; killed {str(r['killed']).lower()}")
+    sys.stdout.write(json.dumps(r) + "\n")
+    if report.killed or not report.drained_clean:
+        raise typer.Exit(EXIT_NOT_OK)

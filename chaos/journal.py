@@ -4,8 +4,8 @@ Chaos Toolkit's fields are kept so its tooling (e.g. chaostoolkit-reporting) can
 (completed | failed | aborted | interrupted), `deviated`, `steady_states` {before, after} each with
 `steady_state_met` and `probes`, `run` and `rollbacks` (each activity with `activity`, `start`, `end`,
 `duration`, `status` succeeded | failed, `output`), `start`, `end`, `duration`. Forge adds `measurements`
-(detection_seconds, drain_seconds, recovery_seconds, ...) and `load` (request outcome counts), which readiness
-checks read as evidence.
+(detection_seconds, drain_seconds, recovery_seconds, lost_requests, ...) and `load` (request outcome counts),
+which readiness checks read as evidence (readiness/evidence_chaos.py).
 """
 
 from __future__ import annotations
@@ -108,10 +108,19 @@ class Journal:
             "rollbacks": [a.as_dict() for a in self.rollbacks],
             "end": self.end,
             "duration": self.duration,
-            "measurements": self.measurements,
+            "measurements": self._measurements(),
             "load": self.load,
             "notes": self.notes,
         }
+
+    def _measurements(self) -> dict[str, Any]:
+        """The measurements, with lost_requests derived from the load when the experiment did not count it itself:
+        every request neither served nor cancelled by the experiment's own stop-load rollback."""
+        outcomes = self.load.get("outcomes") if isinstance(self.load, dict) else None
+        if "lost_requests" in self.measurements or not isinstance(outcomes, dict):
+            return self.measurements
+        lost = sum(n for outcome, n in outcomes.items() if outcome not in ("ok", "cancelled"))
+        return {**self.measurements, "lost_requests": lost}
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

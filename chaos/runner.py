@@ -5,7 +5,36 @@
 Order, as Chaos Toolkit: steady-state hypothesis before (a miss fails the run and skips the method), the method,
 the hypothesis after (a miss marks the journal deviated), then the rollbacks — which ALWAYS run, after a failed
 step or Ctrl-C too. Whatever the experiment says, the engines and the load the runner started are stopped at the
-end (`Lab.close`). Safety: the lab only starts simulator replicas on 127.0.0.1 and sends load to them only.
+end (`Lab.close`). Safety: the lab only starts processes on 127.0.0.1, sends load to them only, and every fault
+reaches a process by the pid the lab itself started.
+
+Two labs, chosen by `configuration.lab`:
+- `replicas` (default): simulator replicas addressed directly, each its own process (and session); load goes to
+  every replica. Variables: `replica_N_url`.
+- `stack`: the reference stack (forge.reference_stack.stack.up) — `engine: simulator` (default) or `engine: vllm`
+  replicas behind HAProxy, with Prometheus and Alertmanager — on free loopback ports, in a temporary state dir,
+  with a short HAProxy check interval; `stack.down` always runs in `Lab.close`. The load goes through the gateway.
+  Configuration: `replicas`, `engine`, `check_interval_ms` (200), `scrape_interval_seconds` (1), `exporter`
+  (false), `simulator_options` ({max_num_seqs: 8, ...}: simulator flags), `shutdown_timeout_seconds` (the
+  engines' --shutdown-timeout; null = the engine's default 0; `fit-notice` = notice_seconds − safety_margin_seconds,
+  see forge.chaos.spot), `model_dir` (vllm), `weights` (HAProxy weight per replica, default 100 each),
+  `load_rate` (requests/s through the gateway; default load_rate_per_replica x replicas).
+  Variables: `gateway_url`, `prometheus_url`, `alertmanager_url`, `haproxy_socket`, `replica_N_url`,
+  `replica_N_server` (its HAProxy server name, s0, s1, ...), `replica_N_pid`.
+
+What an activity (`func(lab, **arguments)`) finds on the lab:
+- `lab.replicas[i]`: `.name` (replica-i), `.url`, `.start()`, `.stop()`, `.restart()`; on the stack lab also
+  `.server` (HAProxy name), `.pid` (the engine's process-group leader, as the stack started it), `.alive()`,
+  `.signal(sig)` (to its process group, only while the pid is still the one started), `.wait_exit(timeout_s)`,
+  `.restart(shutdown_timeout_s=...)` (same port; re-registered in the stack's state file; HAProxy set ready and
+  waited UP).
+- stack lab only: `lab.stack` (the StackState: components, URLs, `haproxy_socket`), `lab.gateway` (a
+  forge.reference_stack.stack.Gateway: `drain/ready/set_state/set_weight/servers/command`),
+  `lab.server_stats()` (HAProxy `show stat` rows of the backend's servers: status, scur, ...),
+  `lab.wait_server_status(server, "UP", timeout_s)`.
+- both: `lab.load_records()` (every finished load request, with `finished_at` Unix time), `lab.journal`
+  (write measurements into `lab.journal.measurements`), `lab.config`, `lab.log(message)`, `lab.on_close(fn)`
+  (run at teardown, before the engines stop: stop whatever the activity started).
 """
 
 from __future__ import annotations
@@ -14,6 +43,9 @@ import asyncio
 import functools
 import importlib
 import re
+import shutil
+import signal
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -32,8 +64,13 @@ from forge.errors import InputError
 from forge.load.runner import is_loopback_url
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
-ALLOWED_MODULES = ("forge.chaos.actions",)   # experiments call Forge's activities, never arbitrary code
+# Experiments call Forge's activities, never arbitrary code.
+ALLOWED_MODULES = ("forge.chaos.actions", "forge.chaos.spot", "forge.chaos.rollout")
 ENGINE_START_TIMEOUT_S = 20.0
+LAB_KINDS = ("replicas", "stack")
+STACK_ENGINES = {"simulator": "sim", "vllm": "vllm"}
+# HAProxy checks in the stack lab: a stopped replica is marked DOWN after fall x interval (0.4 s), not 2 s.
+STACK_CHECK_INTERVAL_MS = 200
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -125,7 +162,8 @@ class Replica:
             if self._closed:  # a restart racing the lab's teardown must not leave a process behind
                 raise RuntimeError(f"{self.name}: the lab is shutting down, not starting it again")
             stack = ExitStack()
-            self.url = stack.enter_context(serve(port=self.port, in_subprocess=True,
+            # Own session: a terminal's Ctrl-C reaches the runner only, whose rollbacks and Lab.close stop it.
+            self.url = stack.enter_context(serve(port=self.port, in_subprocess=True, new_session=True,
                                                  startup_timeout_s=ENGINE_START_TIMEOUT_S, **self.options))
             self.port = int(self.url.rsplit(":", 1)[1])
             self._stack = stack
@@ -142,20 +180,126 @@ class Replica:
         self.start()
 
 
+def simulator_flags(options: dict[str, Any]) -> list[str]:
+    """SimulatorConfig fields as the simulator's CLI flags ({max_num_seqs: 8} -> ["--max-num-seqs", "8"])."""
+    from forge.reference_stack.simulator.config import SimulatorConfig
+
+    unknown = sorted(set(options) - set(SimulatorConfig.option_names()))
+    if unknown:
+        raise InputError(f"configuration.simulator_options: unknown option(s) {', '.join(unknown)} — valid: "
+                         f"{', '.join(SimulatorConfig.option_names())}")
+    flags = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        flags += ([flag] if value else ["--no-" + name.replace("_", "-")]) if isinstance(value, bool) else [flag, str(value)]
+    return flags
+
+
+class StackReplica:
+    """One engine of the reference stack the lab started (component engine-sN, HAProxy server sN).
+
+    Signals reach it by the pid the stack recorded, and only while that pid's start time still matches (never a
+    recycled pid). A restart runs the same command on the same port (HAProxy's server address stays valid) and
+    records the new process in the stack's state file, so `stack.down` stops it too."""
+
+    def __init__(self, lab: "Lab", index: int):
+        self.lab, self.index = lab, index
+        self.name, self.server = f"replica-{index}", f"s{index}"
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def component(self):
+        return self.lab.stack.component(f"engine-{self.server}")
+
+    @property
+    def url(self) -> str:
+        return self.component.url
+
+    @property
+    def pid(self) -> int:
+        return self.component.pid
+
+    def alive(self) -> bool:
+        return self.component.leader_alive()
+
+    def signal(self, sig: int = signal.SIGTERM) -> bool:
+        """Signal the engine's process group; False when the process the stack started is gone already."""
+        component = self.component
+        if not component.leader_alive():
+            return False
+        component.signal_group(sig)
+        return True
+
+    def wait_exit(self, timeout_s: float) -> bool:
+        """True once no process of the engine's group is left (the leader reaped by init or by us)."""
+        from forge.reference_stack import stack as stack_lib
+
+        deadline = time.monotonic() + timeout_s
+        while self.component.group_alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(stack_lib.POLL_S / 4)
+        return True
+
+    def start(self) -> None:
+        self.restart()
+
+    def stop(self, final: bool = False) -> None:
+        from forge.reference_stack import stack as stack_lib
+
+        with self._lock:
+            self._closed = self._closed or final
+            survivors = stack_lib._stop_components([self.component])  # SIGTERM, SIGKILL after its grace
+            if survivors:
+                raise RuntimeError(f"{self.name}: still running after SIGKILL (pid {self.pid})")
+
+    def restart(self, shutdown_timeout_s: int | None | str = "unchanged", timeout_s: float | None = None) -> float:
+        """Stop it if it runs, start it again on the same port, wait for /health, set its HAProxy server ready
+        and wait until HAProxy has it UP; returns the seconds that took. shutdown_timeout_s: the engine's
+        --shutdown-timeout from now on (None = the engine's default, 0)."""
+        from forge.reference_stack import stack as stack_lib
+
+        started = time.monotonic()
+        with self._lock:
+            if self._closed:  # a restart racing the lab's teardown must not leave a process behind
+                raise RuntimeError(f"{self.name}: the lab is shutting down, not starting it again")
+            old = self.component
+            if stack_lib._stop_components([old]):
+                raise RuntimeError(f"{self.name}: still running after SIGKILL (pid {old.pid})")
+            if shutdown_timeout_s != "unchanged":
+                self.lab.engine_shutdown_timeout[self.index] = shutdown_timeout_s
+            command, env = self.lab.engine_command(self.index, old.command)
+            new = stack_lib._spawn(old.name, old.kind, command, old.port, old.url, old.health_url,
+                                   logs=Path(old.log).parent, env=env, stop_grace_s=old.stop_grace_s)
+            state = self.lab.stack
+            state.components[state.components.index(old)] = new
+            state.save()  # recorded before anything waits on it: `forge stack down` finds it too
+            engine_timeout = (stack_lib.VLLM_STARTUP_TIMEOUT_S if self.lab.engine == "vllm"
+                              else stack_lib.SIM_STARTUP_TIMEOUT_S)
+            stack_lib._wait_healthy([new], timeout_s or engine_timeout)
+        self.lab.gateway.ready(self.server)
+        self.lab.wait_server_status(self.server, "UP")
+        return time.monotonic() - started
+
+
 @dataclass
 class Lab:
-    """What an experiment runs against: replicas, the bounded load on them, the watchdog watching them."""
+    """What an experiment runs against: replicas (bare, or the reference stack behind HAProxy), the bounded load on
+    them, the watchdog watching them. See the module docstring for what activities may use."""
 
     config: dict[str, Any]
     journal: Journal
     log: Callable[[str], None] = lambda message: None
-    replicas: list[Replica] = field(default_factory=list)
+    replicas: list[Any] = field(default_factory=list)   # Replica (bare lab) or StackReplica (stack lab)
     fault_injected_at: dict[str, float] = field(default_factory=dict)
     detected_at: dict[str, float] = field(default_factory=dict)
     remediation_done: threading.Event = field(default_factory=threading.Event)
     remediation_error: str | None = None
 
     def __post_init__(self) -> None:
+        self.kind = self.config.get("lab", "replicas")
+        self.engine = self.config.get("engine", "simulator")
         self.watchdog = ProgressWatchdog(float(self.config.get("stall_seconds", 30)))
         self._load_thread: threading.Thread | None = None
         self._load_loop: asyncio.AbstractEventLoop | None = None
@@ -164,17 +308,129 @@ class Lab:
         self._load_result: dict[str, Any] | None = None
         self.watchdog_loop: WatchdogLoop | None = None
         self._remediation: threading.Thread | None = None
+        self._closers: list[Callable[[], Any]] = []
+        # Stack lab only.
+        self.stack = None           # forge.reference_stack.stack.StackState
+        self.gateway = None         # forge.reference_stack.stack.Gateway on the stack's admin socket
+        self.state_dir: Path | None = None
+        self.engine_shutdown_timeout: dict[int, int | None] = {}
 
     # ---- engines
     def start_engines(self) -> None:
+        if self.kind == "stack":
+            self._start_stack()
+            return
         for i in range(int(self.config.get("replicas", 2))):
             replica = Replica(i, dict(self.config.get("simulator_options") or {}))
             self.replicas.append(replica)
             replica.start()
             self.log(f"started {replica.name} at {replica.url}")
 
+    def _start_stack(self) -> None:
+        from forge.reference_stack import stack as stack_lib
+
+        c = self.config
+        replicas = int(c.get("replicas", 2))
+        timeout = self.resolve_shutdown_timeout(c.get("shutdown_timeout_seconds"))
+        self.engine_shutdown_timeout = {i: timeout for i in range(replicas)}
+        # Short path: HAProxy's admin socket path must fit a unix socket name (108 bytes).
+        self.state_dir = Path(tempfile.mkdtemp(prefix="forge-chaos-"))
+        plan = stack_lib.StackPlan(
+            state_dir=self.state_dir, engine=STACK_ENGINES[self.engine], replicas=replicas,
+            ports=stack_lib.Ports.free(replicas), exporter=bool(c.get("exporter", False)),
+            scrape_interval_s=int(c.get("scrape_interval_seconds", 1)),
+            evaluation_interval_s=int(c.get("scrape_interval_seconds", 1)),
+            check_interval_ms=int(c.get("check_interval_ms", STACK_CHECK_INTERVAL_MS)),
+            sim_args=simulator_flags(dict(c.get("simulator_options") or {})),
+            shutdown_timeout_s=timeout, weights=c.get("weights"))  # e.g. [100, 0]: a canary with no traffic yet
+        if c.get("model_dir"):
+            plan.model_dir = Path(c["model_dir"])
+        started = time.monotonic()
+        self.log(f"starting the reference stack ({self.engine} x{replicas}) in {self.state_dir}")
+        try:
+            self.stack = stack_lib.up(plan, progress=self.log)
+        except stack_lib.StackInputError as exc:
+            raise InputError(f"lab: stack: {exc}") from None
+        self.gateway = stack_lib.Gateway(self.stack)
+        self.replicas = [StackReplica(self, i) for i in range(replicas)]
+        self.journal.measurements["stack_start_seconds"] = round(time.monotonic() - started, 3)
+        self.log(f"stack up in {time.monotonic() - started:.1f} s: gateway {self.stack.gateway_url}")
+
+    def resolve_shutdown_timeout(self, value: int | str | None) -> int | None:
+        """configuration.shutdown_timeout_seconds as whole seconds: a number, null (the engine's default), or
+        `fit-notice`: the longest that fits an interruption notice (notice_seconds − safety_margin_seconds)."""
+        if value != "fit-notice":
+            return None if value is None else int(value)
+        from forge.chaos.spot import DEFAULT_SAFETY_MARGIN_S, NOTICE_SECONDS, shutdown_timeout_for_notice
+
+        notice = self.config.get("notice_seconds", NOTICE_SECONDS[self.config.get("provider", "aws")])
+        return shutdown_timeout_for_notice(float(notice), 0.0,
+                                           float(self.config.get("safety_margin_seconds", DEFAULT_SAFETY_MARGIN_S)))
+
+    def engine_command(self, index: int, previous: list[str]) -> tuple[list[str], dict[str, str] | None]:
+        """The command (and environment) that starts replica `index` again, with its current shutdown timeout."""
+        import os
+
+        timeout = self.engine_shutdown_timeout.get(index)
+        flag = "--shutdown-timeout" if self.engine == "vllm" else "--shutdown-timeout-s"
+        command = list(previous)
+        if flag in command:
+            at = command.index(flag)
+            del command[at:at + 2]
+        if timeout is not None:
+            command += [flag, str(timeout)]
+        if self.engine != "vllm":
+            return command, None
+        from forge.reference_stack.vllm_engine import EngineConfig
+
+        # The environment stack.up gave it (offline hub, KV cache size, thread binding); model and port unchanged.
+        plan = self.stack.plan
+        env = EngineConfig(model_dir=Path("."), port=0, tensor_parallel_size=plan["tp"],
+                           kv_cache_space_gib=1).environment(dict(os.environ))
+        return command, env
+
+    def server_stats(self) -> list[dict[str, Any]]:
+        """HAProxy's `show stat` rows for the backend's servers (name, status, scur, weight, ...), numbers as int."""
+        lines = self.gateway.command("show stat").splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = []
+        for line in lines[1:]:
+            values = dict(zip(header, line.split(",")))
+            if values.get("pxname") == self.gateway.backend and values.get("svname") not in ("FRONTEND", "BACKEND"):
+                rows.append({"name": values["svname"], "status": values.get("status"),
+                             **{k: int(values[k]) for k in ("scur", "stot", "weight", "hrsp_5xx", "eresp", "econ")
+                                if (values.get(k) or "").isdigit()}})
+        return rows
+
+    def wait_server_status(self, server: str, status: str = "UP", timeout_s: float = 20.0) -> float:
+        """Wait until HAProxy reports `server` in `status` (UP, DOWN, DRAIN, MAINT); returns the seconds waited."""
+        started = time.monotonic()
+        seen = None
+        while time.monotonic() - started < timeout_s:
+            seen = next((r["status"] for r in self.server_stats() if r["name"] == server), None)
+            if seen is not None and seen.split(" ")[0] == status:
+                return time.monotonic() - started
+            time.sleep(0.05)
+        raise TimeoutError(f"HAProxy server {server}: {seen} after {timeout_s:g} s, expected {status}")
+
     def variables(self) -> dict[str, Any]:
-        return {**self.config, **{f"replica_{r.index}_url": r.url for r in self.replicas}}
+        variables = {**self.config, **{f"replica_{r.index}_url": r.url for r in self.replicas}}
+        if self.stack is not None:
+            variables.update(gateway_url=self.stack.gateway_url, prometheus_url=self.stack.prometheus_url,
+                             alertmanager_url=self.stack.alertmanager_url,
+                             haproxy_socket=str(self.stack.haproxy_socket))
+            for r in self.replicas:
+                variables[f"replica_{r.index}_server"] = r.server
+                variables[f"replica_{r.index}_pid"] = r.pid
+        return variables
+
+    def on_close(self, closer: Callable[[], Any]) -> None:
+        """Run `closer` at teardown (before the load and the engines stop), whatever happened."""
+        self._closers.append(closer)
+
+    def load_records(self) -> list[dict]:
+        """Every load request finished so far: forge.load's result fields, `replica` (or "gateway"), `finished_at`."""
+        return list(self._load_records)
 
     # ---- watchdog
     def start_watchdog(self) -> None:
@@ -188,8 +444,8 @@ class Lab:
         if transition.state != HUNG or transition.replica in self.detected_at:
             return
         self.detected_at[transition.replica] = transition.at
-        # No gateway in this lab (replicas are addressed directly), so there is nothing to drain; the restart runs
-        # on its own thread so the watchdog keeps watching the other replicas meanwhile.
+        # The watchdog's remediation restarts the replica (no drain here, in either lab); the restart runs on its own
+        # thread so the watchdog keeps watching the other replicas meanwhile.
         if self.config.get("remediation", "restart") == "restart":
             self._remediation = threading.Thread(target=self._restart, args=(transition.replica,), daemon=True)
             self._remediation.start()
@@ -231,20 +487,26 @@ class Lab:
                 self.replica, self.sink = replica, sink
 
             def write(self, result) -> None:
-                self.sink.append({**result.as_dict(), "replica": self.replica})
+                # finished_at: when the outcome was known (a lost request is lost at that moment).
+                self.sink.append({**result.as_dict(), "replica": self.replica, "finished_at": time.time()})
 
+        per_replica = float(c.get("load_rate_per_replica", 4))
+        if self.stack is not None:  # one stream through the gateway: HAProxy picks the replica
+            targets = [("gateway", self.stack.gateway_url, float(c.get("load_rate", per_replica * len(self.replicas))))]
+        else:
+            targets = [(r.name, r.url, per_replica) for r in self.replicas]
         async with httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0),
                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=None)) as client:
             runs = []
-            for r in self.replicas:
-                plan = plan_rate(arrival="constant", rate=float(c.get("load_rate_per_replica", 4)), burstiness=1.0,
+            for seed, (name, url, rate) in enumerate(targets):
+                plan = plan_rate(arrival="constant", rate=rate, burstiness=1.0,
                                  duration_s=float(c.get("load_max_seconds", 60)), max_requests=1000,
                                  prompt_lengths=LengthDistribution.parse(f"fixed:{c.get('load_prompt_tokens', 32)}", "load_prompt_tokens"),
                                  output_lengths=LengthDistribution.parse(f"fixed:{c.get('load_output_tokens', 256)}", "load_output_tokens"),
-                                 seed=r.index)
-                prompts = PromptFactory(await calibrate(client, r.url, model, "completions"), seed=r.index)
-                options = RunOptions(base_url=r.url, model=model, request_timeout_s=timeout)
-                runs.append(run_plan(plan, prompts, options, Collector(r.name, self._load_records),
+                                 seed=seed)
+                prompts = PromptFactory(await calibrate(client, url, model, "completions"), seed=seed)
+                options = RunOptions(base_url=url, model=model, request_timeout_s=timeout)
+                runs.append(run_plan(plan, prompts, options, Collector(name, self._load_records),
                                      stop=self._load_stop, stats=LiveStats(), client=client))
             ready.set()
             await asyncio.gather(*runs)
@@ -276,13 +538,28 @@ class Lab:
             if self._remediation is not None:
                 self._remediation.join(timeout=2 * ENGINE_START_TIMEOUT_S)
 
-        for step in (lambda: self.watchdog_loop and self.watchdog_loop.stop(), stop_remediation, self.stop_load,
-                     *[functools.partial(r.stop, final=True) for r in self.replicas]):
+        if self.state_dir is not None:
+            engines = [self._stop_stack]  # every process of the stack, by the pids its state file records
+        else:
+            engines = [functools.partial(r.stop, final=True) for r in self.replicas]
+        for step in (*reversed(self._closers), lambda: self.watchdog_loop and self.watchdog_loop.stop(),
+                     stop_remediation, self.stop_load, *engines):
             try:
                 step()
             except Exception as exc:  # keep stopping the rest
                 problems.append(f"{type(exc).__name__}: {exc}")
         return problems
+
+    def _stop_stack(self) -> None:
+        from forge.reference_stack import stack as stack_lib
+
+        for r in self.replicas:  # no restart may start an engine once the stack goes down
+            with r._lock:
+                r._closed = True
+        try:
+            stack_lib.down(self.state_dir)
+        finally:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------- the runner
@@ -323,9 +600,20 @@ def run_experiment(experiment: dict[str, Any], journal_path: Path | None = None,
     if not 0 < poll <= stall / 2:
         raise InputError(f"poll_interval_seconds {poll:g}: must be > 0 and at most half of stall_seconds ({stall:g}) "
                          "so a stall is seen by at least two scrapes")
-    if config.get("engine", "simulator") != "simulator":
-        raise InputError(f"configuration.engine {config.get('engine')!r}: this runner starts simulator replicas "
-                         "only — use engine: simulator")
+    lab_kind = config.get("lab", "replicas")
+    if lab_kind not in LAB_KINDS:
+        raise InputError(f"configuration.lab {lab_kind!r}: use replicas (simulators addressed directly) or stack "
+                         "(the reference stack behind HAProxy)")
+    if lab_kind == "stack" and config.get("engine", "simulator") not in STACK_ENGINES:
+        raise InputError(f"configuration.engine {config.get('engine')!r}: use simulator or vllm")
+    if lab_kind == "replicas" and config.get("engine", "simulator") != "simulator":
+        raise InputError(f"configuration.engine {config.get('engine')!r}: the replicas lab starts simulator "
+                         "replicas only — use engine: simulator, or lab: stack for vllm")
+    timeout = config.get("shutdown_timeout_seconds")
+    if timeout not in (None, "fit-notice") and (isinstance(timeout, bool) or not isinstance(timeout, int)
+                                                or timeout < 0):
+        raise InputError(f"configuration.shutdown_timeout_seconds {timeout!r}: use whole seconds >= 0 (vLLM's "
+                         "--shutdown-timeout), fit-notice, or null for the engine's default")
     journal = Journal(experiment={**experiment, "configuration": config})
     lab = Lab(config, journal, log=log)
     status = "completed"
@@ -365,7 +653,7 @@ def run_experiment(experiment: dict[str, Any], journal_path: Path | None = None,
         journal.notes.extend(f"teardown: {p}" for p in problems)
         journal.measurements.setdefault("detection_seconds", None)
         journal.measurements.setdefault("recovery_seconds", None)
-        # This lab has no gateway: the replicas are addressed directly, so nothing is drained (measured as null).
+        # null unless an activity drained a replica at the gateway (the bare lab has none).
         journal.measurements.setdefault("drain_seconds", None)
         journal.measurements["stall_seconds"] = lab.watchdog.stall_seconds
         journal.measurements["poll_interval_seconds"] = float(config.get("poll_interval_seconds", 1.0))
@@ -374,6 +662,11 @@ def run_experiment(experiment: dict[str, Any], journal_path: Path | None = None,
              "seconds_since_start": round(t.at - journal._started, 3)}
             for t in (lab.watchdog_loop.transitions() if lab.watchdog_loop else [])]
         journal.measurements["replicas"] = [{"name": r.name, "url": r.url} for r in lab.replicas]
+        journal.measurements["lab"] = lab.kind
+        if lab.stack is not None:
+            for entry, r in zip(journal.measurements["replicas"], lab.replicas):
+                entry["server"] = r.server
+            journal.measurements["gateway_url"] = lab.stack.gateway_url
         journal.finish(status)
         if journal_path is not None:
             journal.write(journal_path)

@@ -3,9 +3,11 @@
     forge exporter run --config exporter.yaml
     forge exporter run --deploy deploy.yaml --target http://127.0.0.1:8000/metrics [--target …]
     forge exporter run --config exporter.yaml --once        # one cycle, the page on stdout, then exit
+    forge exporter run --config exporter.yaml --otlp-endpoint http://127.0.0.1:4318   # also push OTLP/HTTP
     forge exporter check http://127.0.0.1:8000/metrics [--format json]
 
-Exit codes: 0 ok, 1 the checked target is down or not a metrics page, 2 bad input or usage.
+Exit codes: 0 ok, 1 the checked target is down or not a metrics page (or, with --once, the OTLP receiver did not
+accept the push), 2 bad input or usage.
 """
 
 from __future__ import annotations
@@ -60,10 +62,13 @@ def run_cmd(
                                                     "dcgm-exporter).")] = None,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between cycles with --deploy.")] = 15.0,
     once: Annotated[bool, typer.Option("--once", help="Run one cycle, print the page, exit (no server).")] = False,
+    otlp_endpoint: Annotated[Optional[str], typer.Option("--otlp-endpoint", help="Also push the signals as OTLP/HTTP "
+                                                         "metrics to URL/v1/metrics (overrides the config's "
+                                                         "otlp.endpoint).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every scrape problem.")] = False,
 ) -> None:
     """Serve /metrics: catalog signals of every target, plus GPU, cost and the exporter's own health."""
-    from forge.exporters.config import load_config, parse_listen, settings_from_deploy
+    from forge.exporters.config import load_config, parse_listen, settings_from_deploy, with_otlp_endpoint
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="forge exporter: %(levelname)s: %(message)s")
@@ -82,16 +87,27 @@ def run_cmd(
         if listen is not None:
             host, port = parse_listen(listen, "--listen")
             settings = type(settings)(**{**settings.__dict__, "listen_host": host, "listen_port": port})
+        if otlp_endpoint is not None:
+            settings = with_otlp_endpoint(settings, otlp_endpoint)
     except InputError as exc:
         _fail(exc.messages)
     if once:
-        sys.stdout.write(asyncio.run(_one_cycle(settings)))
+        page, pushed = asyncio.run(_one_cycle(settings))
+        sys.stdout.write(page)
+        if pushed is not None and pushed.outcome != "success":
+            sys.stderr.write(f"forge exporter: OTLP push {pushed.outcome}: {pushed.detail}\n")
+            raise typer.Exit(EXIT_TARGET_DOWN)
         return
     from forge.exporters.server import run_forever
 
     def ready(service) -> None:
         sys.stderr.write(f"forge exporter: serving {service.url}/metrics — {len(settings.targets)} target(s), "
                          f"every {settings.interval_seconds:g} s\n")
+        if settings.otlp is not None:
+            from forge.exporters.otlp import safe_url
+
+            sys.stderr.write(f"forge exporter: pushing OTLP/HTTP to {safe_url(settings.otlp.endpoint)} every "
+                             f"{settings.otlp.interval_seconds:g} s\n")
 
     try:
         asyncio.run(run_forever(settings, on_ready=ready))
@@ -99,13 +115,15 @@ def run_cmd(
         _fail(f"--listen {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc} — pick a free port")
 
 
-async def _one_cycle(settings) -> str:
+async def _one_cycle(settings):
+    """One cycle: the page, and the OTLP push's result when OTLP is configured (else None)."""
     from forge.exporters.server import ExporterService
 
     service = ExporterService(settings)
     try:
         await service.collect_once()
-        return service.render()
+        pushed = await service.push_otlp_once() if service.otlp is not None else None
+        return service.render(), pushed
     finally:
         await service.stop()
 

@@ -10,11 +10,16 @@
       - {url: "http://127.0.0.1:8000/metrics", replica: chat-0, engine: vllm, model: llama-8b}
     gpu: {mode: off}                # off | nvml | dcgm-exporter (with url:)
     cost: {price_per_gpu_hour: 3.78, gpus_per_replica: 1}   # overrides deploy.yaml's
+    otlp:                           # optional: also push the signals as OTLP/HTTP metrics
+      endpoint: http://127.0.0.1:4318              # POSTs to <endpoint>/v1/metrics
+      interval_seconds: 60
+      headers: {Authorization: "Bearer …"}         # sent as is, never logged
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,10 +30,15 @@ from yarl import URL
 from forge.catalog import get_catalog
 from forge.errors import InputError
 from forge.exporters.normalize import NormalizeError, _check_extra_labels
+from forge.exporters.otlp import (DEFAULT_INTERVAL_SECONDS as OTLP_DEFAULT_INTERVAL_SECONDS,
+                                  DEFAULT_SERVICE_NAME as OTLP_DEFAULT_SERVICE_NAME,
+                                  DEFAULT_TIMEOUT_SECONDS as OTLP_DEFAULT_TIMEOUT_SECONDS, OtlpSettings, metrics_url,
+                                  safe_url)
 from forge.exporters.scrape import DEFAULT_MAX_PAGE_BYTES, DEFAULT_TIMEOUT_SECONDS
 
 DEFAULT_LISTEN = "127.0.0.1:9400"
 MAX_CONFIG_BYTES = 1_000_000
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")     # an HTTP token (RFC 9110)
 
 
 class _Strict(BaseModel):
@@ -83,6 +93,42 @@ class CostModel(_Strict):
     capacity: Literal["on-demand", "spot", "reserved"] = "on-demand"
 
 
+class OtlpModel(_Strict):
+    endpoint: str = Field(description="OTLP/HTTP receiver, e.g. http://127.0.0.1:4318 (/v1/metrics is added).")
+    interval_seconds: float = Field(OTLP_DEFAULT_INTERVAL_SECONDS, ge=0.1, le=3600)
+    timeout_seconds: float = Field(OTLP_DEFAULT_TIMEOUT_SECONDS, gt=0, le=300)
+    headers: dict[str, str] = Field(default_factory=dict)
+    service_name: str = Field(OTLP_DEFAULT_SERVICE_NAME, min_length=1, max_length=200)
+    compression: Literal["none", "gzip"] = "none"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        try:
+            url = URL(v)
+        except (ValueError, TypeError):
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("not an http(s) URL with a host — write e.g. http://127.0.0.1:4318")
+        if url.user or url.password:
+            raise ValueError("credentials in the URL — put them in otlp.headers (e.g. Authorization), which are "
+                             "never logged")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            # Messages name the header, never its value: it may be a credential.
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} is not an HTTP token — use letters, digits and -")
+            if any(c in value for c in "\r\n\x00"):
+                raise ValueError(f"header {name}: the value has a line break or NUL — remove it")
+            if name.lower() in ("content-type", "content-encoding", "content-length"):
+                raise ValueError(f"header {name}: set by the exporter itself — remove it")
+        return v
+
+
 class ExporterConfigModel(_Strict):
     listen: str = DEFAULT_LISTEN
     interval_seconds: float = Field(15.0, ge=0.1, le=3600)
@@ -94,6 +140,7 @@ class ExporterConfigModel(_Strict):
     targets: list[TargetModel] = Field(default_factory=list)
     gpu: GpuModel = Field(default_factory=GpuModel)
     cost: CostModel | None = None
+    otlp: OtlpModel | None = None
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -130,6 +177,7 @@ class ExporterSettings:
     max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES
     max_concurrency: int = 100
     gpu_mode: str = "off"
+    otlp: OtlpSettings | None = None    # push to an OTLP/HTTP receiver as well (None: Prometheus only)
 
     def engine_targets(self) -> list[Target]:
         return [t for t in self.targets if t.kind == "engine"]
@@ -240,7 +288,33 @@ def settings_from_model(model: ExporterConfigModel, where: str, index: Any = Non
     return ExporterSettings(targets=targets, listen_host=host, listen_port=port,
                             interval_seconds=model.interval_seconds, timeout_seconds=model.timeout_seconds,
                             max_page_bytes=model.max_page_bytes, max_concurrency=model.max_concurrency,
-                            gpu_mode=gpu_mode)
+                            gpu_mode=gpu_mode, otlp=otlp_settings(model.otlp) if model.otlp else None)
+
+
+def otlp_settings(model: OtlpModel) -> OtlpSettings:
+    return OtlpSettings(endpoint=metrics_url(model.endpoint), interval_seconds=model.interval_seconds,
+                        timeout_seconds=model.timeout_seconds, headers=dict(model.headers),
+                        service_name=model.service_name, compression=model.compression)
+
+
+def with_otlp_endpoint(settings: ExporterSettings, endpoint: str, where: str = "--otlp-endpoint"
+                       ) -> ExporterSettings:
+    """`--otlp-endpoint URL`: replaces the config's endpoint (its headers and interval stay) or turns OTLP on."""
+    current = settings.otlp
+    raw = {"endpoint": endpoint}
+    if current is not None:
+        raw.update(interval_seconds=current.interval_seconds, timeout_seconds=current.timeout_seconds,
+                   headers=current.headers, service_name=current.service_name, compression=current.compression)
+    try:
+        model = OtlpModel.model_validate(raw)
+    except ValidationError as exc:
+        try:
+            shown = safe_url(endpoint)       # never echo credentials given in the URL
+        except (ValueError, TypeError):
+            shown = repr(endpoint)
+        raise InputError([f"{where} {shown}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]) \
+            from None
+    return ExporterSettings(**{**settings.__dict__, "otlp": otlp_settings(model)})
 
 
 def load_config(path: str | Path) -> ExporterSettings:

@@ -6,6 +6,9 @@
 
 /metrics serves what the last cycle gathered (engine series rendered once per cycle) plus the exporter's own,
 cost and GPU series; a request never waits for a scrape.
+
+With settings.otlp, a second task pushes the same catalog signals to an OTLP/HTTP receiver every
+otlp.interval_seconds (exporters/otlp.py); a slow or dead receiver delays only that task, never /metrics.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from aiohttp import web
 from forge.exporters.config import ExporterSettings
 from forge.exporters.cost import CostCollector
 from forge.exporters.engine import EngineCollector
-from forge.exporters.normalize import render_families
+from forge.exporters.normalize import CanonicalFamily, render_families
+from forge.exporters.otlp import OtlpPusher, PushResult
 
 log = logging.getLogger("forge.exporter")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -42,6 +46,10 @@ class ExporterService:
         self._gpu_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-nvml")
         self._runner: web.AppRunner | None = None
         self._loop_task: asyncio.Task | None = None
+        self.otlp = OtlpPusher(settings.otlp) if settings.otlp is not None else None
+        self._otlp_task: asyncio.Task | None = None
+        # Encoding a push is CPU work: its own thread, so it never waits behind (or delays) page parsing.
+        self._otlp_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-otlp")
         self.host, self.port = settings.listen_host, settings.listen_port
 
     @property
@@ -55,6 +63,8 @@ class ExporterService:
         dynamic = self.engines.self_families() + self.cost.families()
         if self.gpu is not None:
             dynamic += self.gpu.families()
+        if self.otlp is not None:
+            dynamic += self.otlp.families()
         return self.engines.engine_text() + render_families(dynamic)
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -81,6 +91,43 @@ class ExporterService:
             if isinstance(result, BaseException):
                 log.error("collection step failed: %s: %s", type(result).__name__, result)
 
+    def snapshot_families(self) -> list[CanonicalFamily]:
+        """Every family of the last cycle, engine series of all targets merged: what an OTLP push carries.
+
+        Taken on the event loop: a target's families are replaced whole after each scrape, never changed in
+        place, so the lists can be read by the encoding thread afterwards.
+        """
+        merged: dict[str, CanonicalFamily] = {}
+        for state in self.engines.states.values():
+            for name, family in state.families.items():
+                into = merged.setdefault(name, CanonicalFamily(name, family.type, family.help))
+                for key, value in family.series.items():
+                    into.series.setdefault(key, value)
+        dynamic = self.engines.self_families()
+        if self.gpu is not None:
+            dynamic += self.gpu.families()
+        if self.otlp is not None:
+            dynamic += self.otlp.families()
+        return [*merged.values(), *dynamic]
+
+    async def push_otlp_once(self) -> PushResult:
+        """One OTLP export of the last cycle's series (with its retries); the push loop calls it per interval."""
+        if self.otlp is None:
+            raise RuntimeError("no otlp settings")
+        return await self.otlp.push(self.snapshot_families(), self._otlp_executor)
+
+    async def _otlp_loop(self) -> None:
+        interval = self.settings.otlp.interval_seconds
+        while self.engines.cycles == 0:     # nothing to say before the first cycle
+            await asyncio.sleep(min(0.5, interval))
+        while True:
+            started = time.monotonic()
+            try:
+                await self.push_otlp_once()
+            except Exception as exc:  # noqa: BLE001 — a broken push must not end the loop (or touch /metrics)
+                log.error("OTLP push failed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
     async def _run_loop(self) -> None:
         while True:
             started = time.monotonic()
@@ -102,14 +149,21 @@ class ExporterService:
             self.host, self.port = sockets[0].getsockname()[:2]
         if loop_cycles:
             self._loop_task = asyncio.create_task(self._run_loop())
+            if self.otlp is not None:
+                self._otlp_task = asyncio.create_task(self._otlp_loop())
 
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        for task in (self._loop_task, self._otlp_task):
+            if task is None:
+                continue
+            task.cancel()
             try:
-                await self._loop_task
+                await task
             except asyncio.CancelledError:
                 pass
+        if self.otlp is not None:
+            await self.otlp.close()
+        self._otlp_executor.shutdown(wait=False, cancel_futures=True)
         if self._runner is not None:
             await self._runner.cleanup()
         await self.engines.close()

@@ -245,10 +245,13 @@ def _load_signal(name: str, raw: Mapping[str, Any], dialects: Mapping[str, Diale
     if aggregate not in AGGREGATES or (kind != "gauge" and aggregate != "sum"):
         raise CatalogError(f"{where}: aggregate {aggregate!r} — counters and histograms only add up (sum)")
     # Prometheus naming: counters end in _total, and engine-scope latency histograms carry their base unit.
-    if scope == "engine" and kind == "counter" and not name.endswith("_total"):
+    if scope in ("engine", "exporter") and kind == "counter" and not name.endswith("_total"):
         raise CatalogError(f"{where}: a counter's name must end in _total")
-    if scope == "engine" and not name.startswith("forge_"):
-        raise CatalogError(f"{where}: canonical engine signals are named forge_*")
+    if scope in ("engine", "exporter") and not name.startswith("forge_"):
+        raise CatalogError(f"{where}: canonical engine and exporter signals are named forge_*")
+    # Exporter signals are the exporter's own series (scrape health, build): nothing maps onto them.
+    if scope == "exporter" and (raw.get("sources") or raw.get("unavailable") or not raw.get("provided_by")):
+        raise CatalogError(f"{where}: an exporter signal has no sources/unavailable and names its provided_by")
     labels = tuple(raw.get("labels") or ())
     clash = set(labels) & set(BASE_LABELS)
     if clash:

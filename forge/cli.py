@@ -86,19 +86,19 @@ def _expand(files: list[Path]) -> list[Path]:
     return out
 
 
-def _assess_with_progress(paths: list[Path], day: dt.date | None, load_results: tuple[Path, ...]) -> list:
+def _assess_with_progress(paths: list[Path], day: dt.date | None, evidence: dict[str, tuple]) -> list:
     """Assess every file; a progress bar on stderr when a person is watching a fleet go by."""
     from forge.readiness.assess import assess_many
 
     if len(paths) < 20 or not sys.stderr.isatty():
-        return assess_many(paths, day, load_results=load_results)
+        return assess_many(paths, day, evidence=evidence)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("assessing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("assess", total=len(paths))
-        return assess_many(paths, day, on_done=lambda: progress.advance(task), load_results=load_results)
+        return assess_many(paths, day, on_done=lambda: progress.advance(task), evidence=evidence)
 
 
 @readiness_app.command("assess")
@@ -113,9 +113,17 @@ def assess_cmd(
     load_results: Annotated[Optional[list[Path]], typer.Option("--load-results", help="Load test results (forge "
                                                                "load, vllm bench serve, GuideLLM, AIPerf) to add "
                                                                "to evidence.load_results; repeatable.")] = None,
+    chaos_journals: Annotated[Optional[list[Path]], typer.Option("--chaos-journal", help="Game-day journal (forge "
+                                                                 "chaos run --journal) to add to "
+                                                                 "evidence.chaos_journals; repeatable.")] = None,
+    prometheus: Annotated[Optional[str], typer.Option("--prometheus", help="Prometheus base URL that scrapes the "
+                                                      "deployment: live evidence (targets, rules, SLOs, GPU "
+                                                      "health); sets evidence.prometheus_url.")] = None,
     base_dir: Annotated[Optional[Path], typer.Option("--base-dir", help="Repository root that SARIF file paths are "
                                                      "relative to (default: $GITHUB_WORKSPACE or the current "
                                                      "directory).")] = None,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A previous JSON report (--format json) to "
+                                                     "compare with: what got better or worse.")] = None,
 ) -> None:
     """Grade deploy.yaml file(s); exit 0 ready, 1 not ready, 2 bad input."""
     try:
@@ -128,6 +136,29 @@ def assess_cmd(
             _err(f"--load-results {f}: no such file — give a results file of forge load, vllm bench serve, "
                  "GuideLLM or AIPerf")
             raise typer.Exit(EXIT_BAD_INPUT)
+    if chaos_journals:  # a journal named here is checked here: a bad one is bad usage, not a finding
+        from forge.readiness.evidence_chaos import read_journal
+
+        problems = []
+        for f in chaos_journals:
+            try:
+                read_journal(f)
+            except InputError as exc:
+                problems.extend(f"--chaos-journal {m}" for m in exc.messages)
+        if problems:
+            for m in problems:
+                _err(m)
+            raise typer.Exit(EXIT_BAD_INPUT)
+    previous = None
+    if baseline is not None:  # read before grading, so a bad baseline costs nothing and writes nothing
+        from forge.readiness.baseline import load_baseline
+
+        try:
+            previous = load_baseline(baseline)
+        except InputError as exc:
+            for m in exc.messages:
+                _err(m)
+            raise typer.Exit(EXIT_BAD_INPUT)
     try:
         paths = _expand(files)
     except InputError as exc:
@@ -135,7 +166,17 @@ def assess_cmd(
             _err(m)
         raise typer.Exit(EXIT_BAD_INPUT)
     assessments, bad = [], False
-    for result in _assess_with_progress(paths, day, tuple(load_results or ())):
+    if prometheus:  # checked once here, not once per file of a fleet
+        from forge.readiness.evidence_prometheus import check_reachable
+
+        try:
+            check_reachable(prometheus, "--prometheus")
+        except InputError as exc:
+            _err(exc.messages[0])
+            raise typer.Exit(EXIT_BAD_INPUT)
+    extra = {"load_results": tuple(load_results or ()), "chaos_journals": tuple(chaos_journals or ()),
+             "prometheus_url": (prometheus,) if prometheus else ()}
+    for result in _assess_with_progress(paths, day, extra):
         if isinstance(result, list):
             bad = True
             for m in result:
@@ -146,6 +187,15 @@ def assess_cmd(
         # Never replace the last good report with one that silently lacks the files that failed to load.
         _err(f"--output {output}: not written because of the input errors above — fix them and run again")
         raise typer.Exit(EXIT_BAD_INPUT)
+    if previous is not None and assessments:
+        from forge.readiness.baseline import attach
+
+        try:
+            attach(assessments, previous, baseline)
+        except InputError as exc:
+            for m in exc.messages:
+                _err(m)
+            raise typer.Exit(EXIT_BAD_INPUT)
     if assessments:
         from forge.readiness.reports import print_table, render
 

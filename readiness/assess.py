@@ -13,7 +13,7 @@ from forge import __version__
 from forge.errors import InputError
 from forge.loader import LoadedDeployment, load
 from forge.readiness.registry import Check, Outcome, all_checks
-from forge.readiness.result import DIMENSIONS, Assessment, Finding
+from forge.readiness.result import DIMENSIONS, Assessment, Finding, evidence_summary
 from forge.readiness.scoring import score_dimension, verdict
 from forge.schema import Deployment
 
@@ -89,6 +89,26 @@ class CheckContext:
                 errors.extend(exc.messages)
         return records, errors
 
+    @cached_property
+    def chaos_evidence(self) -> Any:
+        """Game-day journals of evidence.chaos_journals (paths relative to the deploy file) as a (records, errors)
+        pair — forge.readiness.evidence_chaos.ChaosEvidence, with latest(kind) and of_kind(kind)."""
+        from forge.readiness.evidence_chaos import ChaosEvidence, read_chaos_evidence
+
+        names = self.d.evidence.chaos_journals if self.d.evidence else []
+        return read_chaos_evidence(names, self.base_dir) if names else ChaosEvidence([], [])
+
+    @cached_property
+    def prometheus_evidence(self) -> dict[str, Any] | None:
+        """Live evidence read from evidence.prometheus_url (or --prometheus) — forge.readiness.evidence_prometheus;
+        None without a URL. A URL that is not a reachable Prometheus is bad input (InputError, one line)."""
+        url = self.d.evidence.prometheus_url if self.d.evidence else None
+        if not url:
+            return None
+        from forge.readiness.evidence_prometheus import collect, origin
+
+        return collect(url, self.d, where=origin(self.loaded, url))
+
     def days_since(self, day: dt.date) -> int:
         return (self.as_of - day).days
 
@@ -130,29 +150,43 @@ def assess_loaded(loaded: LoadedDeployment, as_of: dt.date | None = None) -> Ass
         forge_version=__version__, file=str(loaded.path), deployment=loaded.deployment.metadata.name,
         verdict=result, score=total, dimensions=dimensions, findings=findings, as_of=ctx.as_of.isoformat(),
         verdict_reasons=reasons, capacity=capacity.to_dict() if capacity is not None else {},
+        # The measurements the checks graded, for the reports' charts (cached: read once by the checks above).
+        evidence=evidence_summary(ctx.load_evidence[0], ctx.d.slo, getattr(ctx, "chaos_evidence", None)),
     )
 
 
-def with_load_results(loaded: LoadedDeployment, files: list[Path]) -> LoadedDeployment:
-    """Add load results named on the command line to the file's evidence.load_results (absolute paths, so they
-    need not be relative to the deploy file)."""
-    if not files:
+# Evidence named on the command line, by evidence: field (load_results, chaos_journals, ...): files, or one value
+# for a scalar field. A plain mapping of tuples, so it pickles to the fleet's worker processes.
+ExtraEvidence = dict[str, tuple[Any, ...]]
+
+
+def with_evidence(loaded: LoadedDeployment, extra: ExtraEvidence | None) -> LoadedDeployment:
+    """Add evidence named on the command line to the file's own `evidence:`: list fields are extended (files made
+    absolute, so they need not be relative to the deploy file), a scalar field is set to the last value given."""
+    if not extra or not any(extra.values()):
         return loaded
     from forge.schema import Evidence
 
     evidence = loaded.deployment.evidence or Evidence()
-    merged = evidence.model_copy(update={"load_results": evidence.load_results + [str(f.resolve()) for f in files]})
-    loaded.deployment = loaded.deployment.model_copy(update={"evidence": merged})
+    update: dict[str, Any] = {}
+    for key, values in extra.items():
+        if not values:
+            continue
+        values = [str(v.resolve()) if isinstance(v, Path) else v for v in values]
+        current = getattr(evidence, key)
+        update[key] = current + values if isinstance(current, list) else values[-1]
+    loaded.deployment = loaded.deployment.model_copy(update={"evidence": evidence.model_copy(update=update)})
     return loaded
 
 
-def assess_file(path: str | Path, as_of: dt.date | None = None, load_results: tuple[Path, ...] = ()) -> Assessment:
-    return assess_loaded(with_load_results(load(path), list(load_results)), as_of)
+def assess_file(path: str | Path, as_of: dt.date | None = None, evidence: ExtraEvidence | None = None) -> Assessment:
+    return assess_loaded(with_evidence(load(path), evidence), as_of)
 
 
-def _assess_or_errors(path: Path, as_of: dt.date | None, load_results: tuple[Path, ...] = ()) -> Assessment | list[str]:
+def _assess_or_errors(path: Path, as_of: dt.date | None,
+                      evidence: ExtraEvidence | None = None) -> Assessment | list[str]:
     try:
-        return assess_file(path, as_of, load_results)
+        return assess_file(path, as_of, evidence)
     except InputError as exc:
         return exc.messages
 
@@ -162,7 +196,7 @@ PARALLEL_MIN_FILES = 16
 
 
 def assess_many(paths: list[Path], as_of: dt.date | None = None, on_done=None,
-                load_results: tuple[Path, ...] = ()) -> list[Assessment | list[str]]:
+                evidence: ExtraEvidence | None = None) -> list[Assessment | list[str]]:
     """Assess files in order; a fleet is spread over the CPU cores. Each result is an Assessment or the
     one-line errors of a bad file. `on_done()` is called once per finished file (progress display)."""
     import os
@@ -171,7 +205,7 @@ def assess_many(paths: list[Path], as_of: dt.date | None = None, on_done=None,
     if len(paths) < PARALLEL_MIN_FILES or workers < 2:
         results = []
         for p in paths:
-            results.append(_assess_or_errors(p, as_of, load_results))
+            results.append(_assess_or_errors(p, as_of, evidence))
             if on_done:
                 on_done()
         return results
@@ -187,7 +221,7 @@ def assess_many(paths: list[Path], as_of: dt.date | None = None, on_done=None,
     chunksize = max(1, min(32, len(paths) // (workers * 8)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = []
-        for result in pool.map(partial(_assess_or_errors, as_of=as_of, load_results=load_results), paths,
+        for result in pool.map(partial(_assess_or_errors, as_of=as_of, evidence=evidence), paths,
                                chunksize=chunksize):
             results.append(result)
             if on_done:

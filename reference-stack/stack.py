@@ -122,6 +122,9 @@ class StackPlan:
     check_rise: int = 2
     weights: list[int] | None = None         # per replica (HAProxy weight, 0-256); default 100 each
     sim_args: list[str] = field(default_factory=list)   # extra simulator flags, e.g. ["--max-num-seqs", "8"]
+    # vLLM's --shutdown-timeout (the simulator's --shutdown-timeout-s): on SIGTERM in-flight requests get this
+    # long to finish; None = the engine's default (0: cut at once). A spot drain sizes it to fit the notice.
+    shutdown_timeout_s: int | None = None
 
     def check(self) -> None:
         problems = []
@@ -488,10 +491,13 @@ def _start_all(plan: StackPlan, state: StackState, configs: dict[str, Path], bin
         if plan.engine == "sim":
             command = [sys.executable, "-m", "forge.reference_stack.simulator", "--host", HOST, "--port", str(port),
                        *plan.sim_args]
+            if plan.shutdown_timeout_s is not None:
+                command += ["--shutdown-timeout-s", str(plan.shutdown_timeout_s)]
             engines.append(spawn(f"engine-{name}", "engine", command, port, base, f"{base}/health"))
         else:
             config = EngineConfig(model_dir=Path(plan.model_dir).resolve(), port=port, host=HOST,
-                                  served_model_name="tiny", tensor_parallel_size=plan.tp, kv_cache_space_gib=1)
+                                  served_model_name="tiny", tensor_parallel_size=plan.tp, kv_cache_space_gib=1,
+                                  shutdown_timeout_s=plan.shutdown_timeout_s)
             engines.append(spawn(f"engine-{name}", "engine", config.command(), port, base, f"{base}/health",
                                  env=config.environment(), stop_grace_s=VLLM_STOP_GRACE_S))
     # The monitoring side starts while the engines warm up (vLLM takes a minute); they only need the ports.

@@ -501,3 +501,40 @@ def test_schema_output_to_an_unwritable_path(tmp_path):
                         str(blocker / "schema.json")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("forge: error: --output") and "writable" in r.stderr
+
+
+# ------------------------------------------------------------------ --baseline previous.json
+@pytest.mark.parametrize("content, problem", [
+    (None, "no such file"),
+    ("", "empty file"),
+    ("{not json", "not JSON (line 1, column 2"),
+    (b"\xff\xfe\x00junk", "not UTF-8 text"),
+    ("[]", "an empty list holds no assessment"),
+    ('{"verdict": "ready"}', "the report has no 'deployment', 'score', 'dimensions', 'findings'"),
+    ('{"version": "2.1.0", "runs": []}', "this is a SARIF log, not a JSON report"),
+    ('[{"deployment": "x", "verdict": "ready", "score": "high", "dimensions": [], "findings": []}]',
+     "entry 0: 'score' is 'high', not a number"),
+])
+def test_bad_baseline(tmp_path, content, problem):
+    p = write(tmp_path / "deploy.yaml", BASE)
+    baseline = tmp_path / "previous.json"
+    if isinstance(content, bytes):
+        baseline.write_bytes(content)
+    elif content is not None:
+        baseline.write_text(content)
+    out = tmp_path / "report.html"
+    out.write_text("last good report\n")
+    lines = error_lines(assess(str(p), "--baseline", str(baseline), "--format", "html", "--output", str(out)),
+                       f"--baseline {baseline}", problem)
+    assert len(lines) == 1 and out.read_text() == "last good report\n"
+
+
+def test_baseline_of_another_deployment(tmp_path):
+    other = mutated(tmp_path, lambda d: d["metadata"].update(name="another-service"), name="other.yaml")
+    previous = tmp_path / "previous.json"
+    r = assess(str(other), "--format", "json", "--output", str(previous))
+    assert r.returncode in (0, 1), r.stderr
+    p = write(tmp_path / "deploy.yaml", BASE)
+    lines = error_lines(assess(str(p), "--baseline", str(previous)), f"--baseline {previous}",
+                        "it is about 'another-service', not 'forge-reference'", "same deployment")
+    assert len(lines) == 1

@@ -122,7 +122,7 @@ def test_cli_list_and_bad_input(tmp_path):
 
 
 def test_bundled_experiment_shape_and_helpers():
-    assert [name for name, _ in list_experiments()] == ["engine-hang"]
+    assert "engine-hang" in [name for name, _ in list_experiments()]  # other experiments sit beside it
     experiment = load_experiment("engine-hang")
     assert {"title", "description", "steady-state-hypothesis", "method", "rollbacks"} <= set(experiment)
     assert all("tolerance" in p for p in experiment["steady-state-hypothesis"]["probes"])

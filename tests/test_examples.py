@@ -16,11 +16,11 @@ EXPECTED = {
     "chat-70b-fp8-h100.yaml": ("ready", set()),
     "disaggregated-70b.yaml": ("not_ready", {"REL-003"}),
     "internal-8b-l40s.yaml": ("not_ready", {"REL-004", "REL-005", "OBS-004", "OBS-007", "OPS-001", "OPS-002",
-                                            "OPS-003", "OPS-005"}),
+                                            "OPS-003", "OPS-005", "DEP-008"}),
     "long-context-128k.yaml": ("not_ready", {"PERF-002"}),
     "multi-lora-8b.yaml": ("ready", {"COST-001", "OPS-007"}),
     "speculative-8b.yaml": ("not_ready", {"COR-004", "OBS-005"}),
-    "spot-fleet-8b.yaml": ("not_ready", {"REL-001"}),
+    "spot-fleet-8b.yaml": ("not_ready", {"REL-001", "DEP-008"}),
     "trtllm-triton-8b.yaml": ("ready", {"DEP-003"}),
 }
 
@@ -57,3 +57,22 @@ def test_first_draft_gets_findings_in_every_dimension():
     assert a.verdict == "not_ready"
     assert {f.dimension for f in a.findings if f.status == "fail"} == {
         "correctness", "performance", "reliability", "observability", "deployment", "cost", "security", "operations"}
+
+
+def test_drills_without_journals_fall_back_to_the_claims():
+    """No example ships chaos journals: a drill the YAML claims is a warning (claimed, not measured); a production
+    rollback neither drilled nor claimed is DEP-008's fail, "rollback never tested"."""
+    for name in sorted(EXPECTED):
+        a = assess_file(EXAMPLES / name, AS_OF)
+        by_id = {f.check: f for f in a.findings}
+        claims_canary = "bad-canary" in _claimed_drills(EXAMPLES / name)  # every example is production
+        assert by_id["DEP-008"].status == ("warn" if claims_canary else "fail"), name
+        assert by_id["DEP-008"].basis == "claim" and by_id["REL-012"].status == "warn"
+        assert by_id["OPS-008"].status == "not_applicable"
+
+
+def _claimed_drills(path: Path) -> list[str]:
+    import yaml
+
+    drills = (yaml.safe_load(path.read_text()).get("reliability") or {}).get("chaos_experiments") or []
+    return [d if isinstance(d, str) else d["name"] for d in drills]

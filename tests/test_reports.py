@@ -463,3 +463,88 @@ def test_real_example_renders_in_every_format():
     if a.capacity:
         assert "Capacity &amp; cost" in html
 
+
+
+# ------------------------------------------------------------------------------------- evidence in the reports
+def _with_evidence(a: Assessment, ttft_p95: float, chaos: list[dict] | None = None) -> Assessment:
+    """An assessment carrying the evidence block assess_loaded builds, from records shaped as the readers return."""
+    from types import SimpleNamespace
+
+    from forge.readiness.result import evidence_summary
+
+    load = {"source": "forge", "path": "results.jsonl", "shape": {"requests": 40}, "outcomes": {"ok": 39, "failed": 1},
+            "percentiles_s": {"ttft": {"p50": 0.2, "p95": ttft_p95, "p99": 0.9}, "itl": {"p50": 0.01, "p95": 0.03,
+                                                                                      "p99": 0.05}}}
+    slo = SimpleNamespace(ttft_p95_seconds=0.5, itl_p95_seconds=0.045, e2e_p95_seconds=None)
+    a.evidence = evidence_summary(([load], []), slo, (chaos or [], []))
+    return a
+
+
+def test_json_evidence_key_only_with_evidence(ready):
+    assert "evidence" not in json.loads(render([ready], "json"))
+    data = json.loads(render([_with_evidence(ready, 0.61)], "json"))
+    assert data["evidence"]["slo"] == {"ttft_p95_seconds": 0.5, "itl_p95_seconds": 0.045, "e2e_p95_seconds": None}
+    assert data["evidence"]["load"][0]["percentiles_s"]["ttft"] == {"p50": 0.2, "p95": 0.61, "p99": 0.9}
+    assert data["evidence"]["load"][0]["percentiles_s"]["e2e"] == {"p50": None, "p95": None, "p99": None}
+
+
+def test_html_latency_chart_marks_the_missed_slo_red(ready):
+    missed = render([_with_evidence(ready, 0.61)], "html")
+    chart = missed.split('class="latency-chart"', 1)[1].split("</svg>", 1)[0]
+    assert 'class="slo"' in chart and "SLO p95 500 ms" in chart and "p95 610 ms &gt; SLO 500 ms" in chart
+    assert 'class="lat-p95 lat-over"' in chart and 'class="lat-p50 lat-in"' in chart
+    assert "ITL" in chart and "p95 30 ms ≤ SLO 45 ms" in chart  # ITL met
+    met = render([_with_evidence(ready_assessment(), 0.31)], "html")
+    chart = met.split('class="latency-chart"', 1)[1].split("</svg>", 1)[0]
+    assert 'class="lat-p95 lat-in"' in chart and "p95 310 ms ≤ SLO 500 ms" in chart
+
+
+def test_html_chaos_chart_draws_budgets_and_overruns(ready):
+    journals = [{"path": "hang.json", "kind": "engine-hang", "status": "completed", "deviated": False,
+                 "measurements": {"detection_seconds": 41.0, "recovery_seconds": 12.0}},
+                {"path": "canary.json", "kind": "bad-canary", "status": "failed", "deviated": True,
+                 "measurements": {"rollback_seconds": 95.0}}]
+    a = _with_evidence(ready, 0.3, journals)
+    assert [c["budgets_seconds"] for c in a.evidence["chaos"]] == [
+        {"detection_seconds": [30.0], "rollback_seconds": [300.0, 60.0]}] * 2
+    chart = render([a], "html").split('class="chaos-chart"', 1)[1].split("</svg>", 1)[0]
+    assert "engine-hang" in chart and "bad-canary" in chart and "failed · deviated" in chart
+    assert "hang detection 41.0 s, over 30 s" in chart  # the aria text and the tooltip
+    assert "rollback 95.0 s, within 5 min; over 60 s" in chart
+    assert chart.count('class="budget"') == 3 and 'class="ch-over"' in chart and 'class="ch-near"' in chart
+
+
+def test_html_without_evidence_says_so(not_ready):
+    html = render([not_ready], "html")
+    assert "Measured evidence" in html and "every finding below is graded from what deploy.yaml declares" in html
+    assert "latency-chart" not in html and "chaos-chart" not in html
+
+
+def test_html_marks_each_finding_measured_or_claimed(not_ready):
+    not_ready.findings[0].basis = "evidence"
+    html = render([not_ready], "html")
+    article = html.split('id="deployment-1-REL-004"', 1)[1].split("</article>", 1)[0]
+    assert 'aria-label="basis: measured evidence"' in article
+    other = html.split('id="deployment-1-REL-001"', 1)[1].split("</article>", 1)[0]
+    assert 'aria-label="basis: claim declared in deploy.yaml"' in other
+
+
+def test_real_assessment_carries_load_evidence(tmp_path):
+    import datetime as dt
+
+    import yaml
+
+    from forge.readiness.assess import assess_file
+
+    fixtures = ROOT / "tests" / "fixtures" / "load"
+    deploy = yaml.safe_load((fixtures / "deploy_slo.yaml").read_text())
+    deploy["evidence"] = {"load_results": [str(fixtures / "handmade_results.jsonl")]}
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump(deploy))
+    a = assess_file(path, dt.date(2026, 11, 23))
+    perf010 = next(f for f in a.findings if f.check == "PERF-010")
+    assert a.evidence["slo"]["ttft_p95_seconds"] == 0.5
+    # The chart shows the figures the check graded.
+    assert a.evidence["load"][0]["percentiles_s"]["ttft"]["p95"] == pytest.approx(perf010.evidence[
+        "forge:ttft_p95_seconds"], abs=1e-3)
+    assert "latency-chart" in render([a], "html")

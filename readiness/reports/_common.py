@@ -70,3 +70,47 @@ def location(a: Assessment, f: Finding) -> str:
     """file:line plus the deploy.yaml path, e.g. `deploy.yaml:42 (reliability.liveness)`."""
     where = f"{a.file}:{f.line}"
     return f"{where} ({f.path})" if f.path else where
+
+
+# -------------------------------------------------------------------------------------------------------- baseline
+def signed(n: float | int | None) -> str:
+    """A delta as people write it: +6, −7 (a real minus sign), ±0; — when unknown."""
+    if n is None:
+        return "—"
+    if n == 0:
+        return "±0"
+    return f"+{n:g}" if n > 0 else f"−{-n:g}"
+
+
+def baseline_headline(b: dict[str, Any]) -> str:
+    """`score 69 → 68 (−1) · verdict NOT READY → READY`, the first line of every format's baseline section."""
+    s, v = b["score"], b["verdict"]
+    verdict_part = (f"verdict {VERDICT_LABEL.get(v['before'], v['before'])} → {VERDICT_LABEL.get(v['after'], v['after'])}"
+                    if v["changed"] else f"verdict {VERDICT_LABEL.get(v['after'], v['after'])} (unchanged)")
+    return f"score {s['before']:g} → {s['after']:g} ({signed(s['delta'])}) · {verdict_part}"
+
+
+def baseline_origin(b: dict[str, Any]) -> str:
+    """Where the baseline came from: `prev.json, as of 2026-11-01`."""
+    return ", ".join(x for x in (b.get("source", ""), f"as of {b['as_of']}" if b.get("as_of") else "") if x)
+
+
+def moved_dimensions(b: dict[str, Any]) -> list[dict[str, Any]]:
+    return [d for d in b.get("dimensions", []) if d.get("delta") or d.get("status_before") != d.get("status_after")]
+
+
+# Sections of the findings diff, in report order: (key, heading).
+BASELINE_SECTIONS = (("new", "Newly open"), ("fixed", "Fixed"), ("changed", "Status changed"))
+
+
+def status_word(status: str | None) -> str:
+    return "not checked" if status is None else STATUS_LABEL.get(status, status)
+
+
+def quiet_checks_note(b: dict[str, Any]) -> str:
+    """Checks added to (or retired from) Forge since the baseline with nothing to report: named, not listed."""
+    quiet = b.get("checks_quiet") or []
+    if not quiet:
+        return ""
+    return (f"{len(quiet)} check{'s' if len(quiet) > 1 else ''} added or retired since the baseline, with nothing "
+            f"to report (pass or n/a): {', '.join(quiet)}")

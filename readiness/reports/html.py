@@ -11,14 +11,20 @@ from importlib import resources
 from typing import Any
 
 from forge.readiness.reports._common import (
+    BASELINE_SECTIONS,
     STATUS_LABEL,
     VERDICT_LABEL,
+    baseline_headline,
+    baseline_origin,
     dimension_name,
+    quiet_checks_note,
     evidence_text,
     failing_dimensions,
     open_findings,
+    signed,
     sorted_findings,
     status_counts,
+    status_word,
     waiver_text,
 )
 from forge.readiness.result import DIMENSIONS, GATING_DIMENSIONS, Assessment, Finding
@@ -227,6 +233,177 @@ def _capacity_chart(growth: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+# ------------------------------------------------------------------------------------------------ evidence charts
+LAT_CHART_W, LAT_CHART_H = 720, 250
+LAT_PAD = {"left": 56, "right": 8, "top": 34, "bottom": 58}
+LAT_GAP = 64
+LAT_SIGNALS = (("ttft", "TTFT", "time to first token"), ("itl", "ITL", "inter-token latency"),
+               ("e2e", "E2E", "end-to-end latency"))
+CHAOS_W, CHAOS_LABEL_W, CHAOS_BAR_W, CHAOS_ROW_H = 440, 108, 260, 42
+CHAOS_MEASURE_LABEL = {"detection_seconds": "hang detection", "drain_seconds": "drain",
+                       "rollback_seconds": "rollback", "recovery_seconds": "recovery"}
+
+
+def fmt_seconds(v: float) -> str:
+    """Latency and timing labels: 48 ms, 1.25 s, 4.5 min."""
+    if v < 1:
+        return f"{v * 1000:,.0f} ms" if v >= 0.01 else f"{v * 1000:,.1f} ms"
+    if v >= 120:
+        return f"{v / 60:,.1f} min"
+    return f"{v:,.2f} s" if v < 10 else f"{v:,.1f} s"
+
+
+def _budget_label(b: float) -> str:
+    return f"{b / 60:g} min" if b >= 120 and b % 60 == 0 else f"{b:g} s"
+
+
+def _short_path(path: str) -> str:
+    """A load or journal file as the reader knows it: relative to the working directory when under it."""
+    import os
+
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
+def _latency_panel(x0: float, width: float, sig: str, label: str, long: str, pct: dict[str, Any],
+                   slo: float | None) -> dict[str, Any] | None:
+    values = [(q, _num(pct.get(q))) for q in ("p50", "p95", "p99")]
+    if all(v is None for _, v in values):
+        return None
+    top = _nice_max(max([v for _, v in values if v is not None] + ([slo] if slo else [])) * 1.12)
+    pad = LAT_PAD
+    plot_h = LAT_CHART_H - pad["top"] - pad["bottom"]
+    base = pad["top"] + plot_h
+
+    def y(v: float) -> float:
+        return round(base - plot_h * v / top, 1)
+
+    slot = width / 3
+    bar_w = min(56.0, slot * 0.6)
+    bars = []
+    for i, (q, v) in enumerate(values):
+        cx = x0 + slot * (i + 0.5)
+        over = slo is not None and v is not None and v > slo
+        bars.append({"q": q, "x": round(cx - bar_w / 2, 1), "cx": round(cx, 1), "w": round(bar_w, 1),
+                     "y": y(v) if v is not None else base, "h": round(base - y(v), 1) if v is not None else 0,
+                     "v": fmt_seconds(v) if v is not None else "not reported", "missing": v is None,
+                     "cls": f"lat-{q} " + ("lat-over" if over else "lat-in")})
+    p95 = _num(pct.get("p95"))
+    met = None if slo is None or p95 is None else p95 <= slo
+    verdict = ("no SLO declared" if slo is None else "p95 not reported" if p95 is None else
+               f"p95 {fmt_seconds(p95)} {'≤' if met else '>'} SLO {fmt_seconds(slo)}")
+    aria = f"{long}: " + ", ".join(f"{q} {b['v']}" for q, b in zip(("p50", "p95", "p99"), bars)) + f"; {verdict}"
+    return {
+        "sig": sig, "label": label, "x0": round(x0, 1), "x1": round(x0 + width, 1), "base": base,
+        "bars": bars, "met": met, "verdict": verdict, "aria": aria,
+        "slo": {"y": y(slo), "label": f"SLO p95 {fmt_seconds(slo)}",
+                "lw": round(6.6 * len(f"SLO p95 {fmt_seconds(slo)}") + 8, 1)} if slo is not None else None,
+        "ticks": [{"y": y(top * t / 4), "label": fmt_seconds(top * t / 4) if t else "0"} for t in range(5)],
+    }
+
+
+def _latency_view(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    """One chart per load file: p50/p95/p99 bars per signal, each on its own scale, the SLO as a line."""
+    slo = evidence.get("slo") or {}
+    charts = []
+    for rec in evidence.get("load") or []:
+        pct = rec.get("percentiles_s") or {}
+        # E2E only when its SLO is declared: TTFT and ITL are what the SLO grades, E2E is context.
+        signals = [s for s in LAT_SIGNALS if s[0] != "e2e" or _num(slo.get("e2e_p95_seconds")) is not None]
+        n = len(signals)
+        width = (LAT_CHART_W - LAT_PAD["left"] - LAT_PAD["right"] - LAT_GAP * (n - 1)) / n
+        panels = []
+        for i, (sig, label, long) in enumerate(signals):
+            x0 = LAT_PAD["left"] + i * (width + LAT_GAP)
+            panel = _latency_panel(x0, width, sig, label, long, pct.get(sig) or {},
+                                   _num(slo.get(f"{sig}_p95_seconds")))
+            if panel is not None:
+                panels.append(panel)
+        if not panels:
+            continue
+        ok, failed = rec.get("ok"), rec.get("failed")
+        outcome = (f"{ok:,} ok, {failed:,} failed" if isinstance(ok, int) and isinstance(failed, int) else "")
+        charts.append({"path": _short_path(str(rec.get("path", ""))), "source": rec.get("source", ""),
+                       "outcome": outcome, "panels": panels, "width": LAT_CHART_W, "height": LAT_CHART_H,
+                       "missed": [p["label"] for p in panels if p["met"] is False]})
+    return charts
+
+
+def _chaos_view(evidence: dict[str, Any]) -> dict[str, Any] | None:
+    """Horizontal bars per journal and timing, on one scale per journal, with the budget lines drawn in."""
+    groups, y = [], 0
+    for rec in evidence.get("chaos") or []:
+        budgets = rec.get("budgets_seconds") or {}
+        measured = {m: _num(rec.get(m)) for m in CHAOS_MEASURE_LABEL if _num(rec.get(m)) is not None}
+        lines_of = {m: sorted({float(b) for b in budgets.get(m) or [] if _num(b) is not None and b > 0},
+                              reverse=True) for m in measured}
+        # One scale per drill, so its timings compare at a glance; budget lines are on it too.
+        top = max([v for v in measured.values()] + [b for ls in lines_of.values() for b in ls] + [1e-9]) * 1.08
+        rows = []
+        for m, v in measured.items():
+            label, lines = CHAOS_MEASURE_LABEL[m], lines_of[m]
+            hard = lines[0] if lines else None  # the loosest budget is the one that fails
+            cls = ("ch-none" if hard is None else "ch-over" if v > hard else
+                   "ch-near" if any(v > b for b in lines) else "ch-ok")
+            within = ("no budget" if hard is None else
+                      "; ".join(f"{'within' if v <= b else 'over'} {_budget_label(b)}" for b in lines))
+            rows.append({"label": label, "v": fmt_seconds(v), "w": round(CHAOS_BAR_W * v / top, 1), "cls": cls,
+                         "budgets": [{"x": round(CHAOS_LABEL_W + CHAOS_BAR_W * b / top, 1), "label": _budget_label(b)}
+                                     for b in lines],
+                         "aria": f"{label} {fmt_seconds(v)}, {within}"})
+        if not rows:
+            rows.append({"label": "no timings", "v": "", "w": 0, "cls": "ch-none", "budgets": [],
+                         "aria": "the journal records no timings"})
+        groups.append({"kind": rec.get("kind", "experiment"), "status": rec.get("status", "unknown"),
+                       "deviated": rec.get("deviated"), "path": _short_path(str(rec.get("path", ""))),
+                       "y": y, "rows": [{**r, "y": y + 26 + i * CHAOS_ROW_H} for i, r in enumerate(rows)]})
+        y += 26 + len(rows) * CHAOS_ROW_H + 14
+    if not groups:
+        return None
+    return {"groups": groups, "width": CHAOS_W, "height": y + 4, "x0": CHAOS_LABEL_W, "bar_w": CHAOS_BAR_W}
+
+
+def _baseline_view(b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The comparison with the previous report: headline, dimension deltas as a diverging chart, check moves."""
+    if b is None:
+        return None
+    if not b.get("matched"):
+        return {"matched": False, "source": b.get("source", "")}
+    dims = b.get("dimensions") or []
+    biggest = max([abs(d["delta"]) for d in dims if d.get("delta") is not None] + [10])
+    span = _nice_max(biggest)
+    mid, half, row_h = 420, 150, 28
+    rows = []
+    for i, d in enumerate(dims):
+        delta = d.get("delta")
+        w = round(half * abs(delta) / span, 1) if delta else 0
+        rows.append({
+            "name": d["name"], "y": 6 + i * row_h, "before": "—" if d.get("before") is None else d["before"],
+            "after": d["after"], "delta": signed(delta), "x": mid - w if delta and delta < 0 else mid, "w": w,
+            "cls": "up" if delta and delta > 0 else "down" if delta and delta < 0 else "flat",
+            "status_change": (f"{d['status_before']} → {d['status_after']}"
+                              if d.get("status_before") and d.get("status_before") != d.get("status_after") else ""),
+        })
+    sections = [{"key": key, "heading": heading, "entries": [
+        {**c, "before_label": status_word(c["before"]), "after_label": status_word(c["after"])}
+        for c in b["findings"][key]]} for key, heading in BASELINE_SECTIONS]
+    delta = b["score"]["delta"]
+    return {
+        "matched": True, "origin": baseline_origin(b), "headline": baseline_headline(b),
+        "score": b["score"], "verdict": b["verdict"], "delta": signed(delta),
+        "trend": "up" if delta > 0 else "down" if delta < 0 else "flat",
+        "verdict_before": VERDICT_LABEL.get(b["verdict"]["before"], b["verdict"]["before"]),
+        "verdict_after": VERDICT_LABEL.get(b["verdict"]["after"], b["verdict"]["after"]),
+        "chart": {"rows": rows, "width": 720, "height": 6 + len(rows) * row_h + 20, "mid": mid, "half": half,
+                  "span": f"{span:g}", "axis_y": 6 + len(rows) * row_h + 4},
+        "sections": sections, "any_moves": any(s["entries"] for s in sections),
+        "as_of": b.get("as_of", ""), "quiet": quiet_checks_note(b),
+    }
+
+
 def _report_view(a: Assessment, index: int) -> dict[str, Any]:
     counts = status_counts(a)
     score = max(0, min(100, int(a.score)))
@@ -242,6 +419,9 @@ def _report_view(a: Assessment, index: int) -> dict[str, Any]:
         "failing": [dimension_name(d) for d in failing_dimensions(a)],
         "capacity": _capacity_view(a.capacity),
         "gating_names": [DIMENSIONS[d] for d in GATING_DIMENSIONS],
+        "latency": _latency_view(a.evidence or {}), "chaos": _chaos_view(a.evidence or {}),
+        "has_evidence": bool(a.evidence), "baseline": _baseline_view(a.baseline),
+        "n_measured": sum(f.basis == "evidence" for f in a.findings),
     }
 
 

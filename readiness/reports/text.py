@@ -7,13 +7,20 @@ import re
 from typing import TYPE_CHECKING
 
 from forge.readiness.reports._common import (
+    BASELINE_SECTIONS,
     GATING_RULE,
     STATUS_LABEL,
     VERDICT_LABEL,
+    baseline_headline,
+    baseline_origin,
     dimension_name,
+    quiet_checks_note,
     failing_dimensions,
     location,
+    moved_dimensions,
     open_findings,
+    signed,
+    status_word,
     waived_findings,
     waiver_text,
 )
@@ -87,6 +94,8 @@ def _details(a: Assessment) -> list[RenderableType]:
                            if n and s in ("fail", "warn", "waived"))
         dims.add_row(name, str(d.score), bar, Text(d.status, style=STATUS_STYLE.get(d.status, "")), counts)
     out += ["", dims, ""]
+    if a.baseline is not None:
+        out += _baseline_rich(a.baseline) + [""]
 
     findings = open_findings(a)
     if findings:
@@ -118,6 +127,43 @@ def _details(a: Assessment) -> list[RenderableType]:
             line.append(f" {waiver_text(f)}")
         out += ["", line]
     out.append("")
+    return out
+
+
+DIRECTION_STYLE = {"better": "green", "worse": "red", "same": ""}
+
+
+def _baseline_rich(b: dict) -> list[RenderableType]:
+    from rich.text import Text
+
+    if not b.get("matched"):
+        return [Text(f"Since the baseline: not in {b.get('source', 'the baseline')} (first assessment of this file)",
+                     style="dim")]
+    delta = b["score"]["delta"]
+    head = Text("Since the baseline ", style="bold")
+    head.append(f"({baseline_origin(b)}): ", style="dim")
+    head.append(baseline_headline(b), style="green" if delta > 0 else "red" if delta < 0 else "")
+    out: list[RenderableType] = [head]
+    moved = moved_dimensions(b)
+    if moved:
+        out.append(Text("  dimensions: " + "; ".join(
+            f"{d['name']} {d['before'] if d['before'] is not None else '—'} → {d['after']} ({signed(d['delta'])})"
+            for d in moved)))
+    for key, heading in BASELINE_SECTIONS:
+        items = b["findings"][key]
+        if not items:
+            continue
+        line = Text(f"  {heading.lower()} ({len(items)}): ", style="bold")
+        for i, c in enumerate(items):
+            if i:
+                line.append(", ")
+            line.append(f"{c['check']} {status_word(c['before'])}→{status_word(c['after'])}",
+                        style=DIRECTION_STYLE.get(c["direction"], ""))
+        out.append(line)
+    if not moved and not any(b["findings"].values()):
+        out.append(Text("  no check changed status", style="dim"))
+    if quiet_checks_note(b):
+        out.append(Text(f"  {quiet_checks_note(b)}", style="dim"))
     return out
 
 
@@ -180,6 +226,8 @@ def _markdown_one(a: Assessment, h: str) -> list[str]:
         lines.append(f"| {md(d.name)}{gating} | {d.score} | {mark} {d.status} | {c.get('fail', 0)} "
                      f"| {c.get('warn', 0)} | {c.get('waived', 0)} |")
     lines += ["", f"<sub>{md(GATING_RULE)}</sub>", ""]
+    if a.baseline is not None:
+        lines += _markdown_baseline(a.baseline)
     findings = open_findings(a)
     if findings:
         lines += [f"**Open findings ({len(findings)})**", "",
@@ -198,4 +246,32 @@ def _markdown_one(a: Assessment, h: str) -> list[str]:
                   "|---|---|---|"]
         lines += [f"| {md(f.check)} | {md(f.title)} | {md(waiver_text(f))} |" for f in waived]
         lines += ["", "</details>", ""]
+    return lines
+
+
+DIRECTION_ICON = {"better": "🟢", "worse": "🔴", "same": "⚪"}
+
+
+def _markdown_baseline(b: dict) -> list[str]:
+    if not b.get("matched"):
+        return [f"**Since the baseline:** not in {md(b.get('source', 'the baseline'))} (first assessment of this "
+                "file)", ""]
+    lines = [f"**Since the baseline** ({md(baseline_origin(b))}): {md(baseline_headline(b))}", ""]
+    moved = moved_dimensions(b)
+    if moved:
+        lines += ["| Dimension | Before | After | Change |", "|---|---:|---:|---:|"]
+        lines += [f"| {md(d['name'])} | {d['before'] if d['before'] is not None else '—'} | {d['after']} "
+                  f"| {md(signed(d['delta']))} |" for d in moved]
+        lines.append("")
+    rows = [(heading, c) for key, heading in BASELINE_SECTIONS for c in b["findings"][key]]
+    if rows:
+        lines += ["| Change | Check | Title | Before | After |", "|---|---|---|---|---|"]
+        lines += [f"| {DIRECTION_ICON.get(c['direction'], '')} {md(heading.lower())} | {md(c['check'])} "
+                  f"| {md(c['title'])} | {md(status_word(c['before']))} | {md(status_word(c['after']))} |"
+                  for heading, c in rows]
+        lines.append("")
+    elif not moved:
+        lines += ["No check changed status.", ""]
+    if quiet_checks_note(b):
+        lines += [f"<sub>{md(quiet_checks_note(b))}</sub>", ""]
     return lines

@@ -44,8 +44,16 @@ def _uvicorn_server(config: SimulatorConfig) -> uvicorn.Server:
     original_shutdown = server.shutdown
 
     async def shutdown(sockets=None):
-        # Like vLLM's --shutdown-timeout: drain for up to that long, then end what is left with an error event
-        # (0, vLLM's default, ends in-flight streams at once). uvicorn would otherwise wait on open streams.
+        # Like vLLM's --shutdown-timeout: stop accepting first (listeners closed, idle keep-alive connections
+        # closed, busy ones closed after their response, as uvicorn's own shutdown does), then let in-flight
+        # requests finish for up to that long, then end what is left with an error event (0, vLLM's default,
+        # ends them at once). uvicorn would otherwise wait on open streams.
+        for listener in server.servers:
+            listener.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(server.server_state.connections):
+            connection.shutdown()
         await app.state.simulator.drain(config.shutdown_timeout_s)
         await original_shutdown(sockets=sockets)
 
@@ -59,13 +67,14 @@ def _url(host: str, port: int) -> str:
 
 @contextmanager
 def serve(port: int = 0, *, host: str = "127.0.0.1", in_subprocess: bool = False, startup_timeout_s: float = 20.0,
-          **options) -> Iterator[str]:
+          new_session: bool = False, **options) -> Iterator[str]:
     """Run a simulator for the duration of a `with` block and yield its base URL (e.g. http://127.0.0.1:41234).
 
     `options` are SimulatorConfig fields (engines=, model=, max_num_seqs=, kv_blocks=, step_overhead_s=, ...);
     an unknown or invalid one raises ValueError before anything starts. port=0 picks a free port.
     In a thread (default) the crash fault fails the engine (crash_action 'fail'); with in_subprocess=True the
-    simulator is its own process, by default crash_action 'exit' so a crash really kills it. On exit every
+    simulator is its own process, by default crash_action 'exit' so a crash really kills it; new_session=True
+    puts that process in its own session, so a terminal's Ctrl-C reaches only the caller, which stops it. On exit every
     in-flight request is aborted, the server stops and the thread is joined (or the process terminated).
     """
     unknown = sorted(set(options) - set(SimulatorConfig.option_names()))
@@ -75,7 +84,7 @@ def serve(port: int = 0, *, host: str = "127.0.0.1", in_subprocess: bool = False
     if in_subprocess:
         options.setdefault("crash_action", "exit")
         config = SimulatorConfig(**options)  # validate here, with a Python error instead of a CLI exit
-        with _serve_subprocess(host, port, config, startup_timeout_s) as url:
+        with _serve_subprocess(host, port, config, startup_timeout_s, new_session) as url:
             yield url
         return
     options.setdefault("crash_action", "fail")
@@ -114,10 +123,12 @@ def _cli_args(config: SimulatorConfig) -> list[str]:
 
 
 @contextmanager
-def _serve_subprocess(host: str, port: int, config: SimulatorConfig, startup_timeout_s: float) -> Iterator[str]:
+def _serve_subprocess(host: str, port: int, config: SimulatorConfig, startup_timeout_s: float,
+                      new_session: bool = False) -> Iterator[str]:
     command = [sys.executable, "-u", "-m", "forge.reference_stack.simulator", "--host", host, "--port", str(port),
                *_cli_args(config)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None, text=True,
+                               start_new_session=new_session)
     try:
         url = _await_ready_line(process, startup_timeout_s)
         yield url
