@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from forge.errors import InputError
 
 EVIDENCE_FORMAT = "forge.chaos.evidence/v1"
-KINDS = ("engine-hang", "gpu-fault", "spot-interruption", "bad-canary", "good-canary")
+KINDS = ("engine-hang", "collective-hang", "gpu-fault", "spot-interruption", "bad-canary", "good-canary")
 STATUSES = ("completed", "failed", "aborted", "interrupted")
 SECONDS = ("detection_seconds", "recovery_seconds", "drain_seconds", "rollback_seconds", "stall_seconds")
 COUNTS = ("lost_requests", "lost_requests_with_drain", "lost_requests_without_drain", "in_flight_at_fault")

@@ -380,3 +380,28 @@ def test_journals_of_the_runners_canary_and_spot_drills_grade_as_evidence(tmp_pa
     assert spot.message.startswith("0 requests lost with the drain")
     assert spot.evidence["lost_requests_without_drain"] > 0 and spot.evidence["in_flight_at_fault"] >= 0
     assert finding(a, "OPS-008").status == "pass" and a.verdict == "ready"
+
+
+# ---------------------------------------------------------------------------------------- journals as game days
+def test_journals_count_as_rehearsed_failure_modes(tmp_path):
+    data = base()
+    data.setdefault("reliability", {})["chaos_experiments"] = []
+    data.setdefault("operations", {}).pop("last_game_day", None)
+    claims_only = assess(tmp_path, data)
+    assert finding(claims_only, "REL-008").status == "warn" and finding(claims_only, "REL-008").basis == "claim"
+    assert finding(claims_only, "OPS-005").status == "fail"
+
+    drilled = assess(tmp_path, data, ["gpu-fault-recovered", "engine-hang-stale", "bad-canary-rolled-back"])
+    rel = finding(drilled, "REL-008")
+    assert rel.basis == "evidence" and rel.evidence["journaled"] == ["bad-canary", "gpu-fault", "nccl-hang"]
+    assert rel.status == ("warn" if data["hardware"].get("capacity") == "spot" else "pass"), rel.message
+    ops = finding(drilled, "OPS-005")  # the newest journal (bad canary, ended 2026-11-12) is the last game day
+    assert (ops.status, ops.basis, ops.evidence["last_game_day"]) == ("pass", "evidence", "2026-11-12")
+
+
+def test_a_failed_drill_journal_is_a_failed_game_day(tmp_path):
+    data = base()
+    data.setdefault("reliability", {})["chaos_experiments"] = []
+    a = assess(tmp_path, data, ["bad-canary-never-rolled-back"])
+    rel = finding(a, "REL-008")
+    assert rel.status == "fail" and "bad-canary" in rel.message and rel.basis == "evidence"

@@ -54,18 +54,31 @@ def synthetic(ctx):
 @check("OPS-005", "operations", "medium", f"A game day ran in the last {GAME_DAY_MAX_AGE_DAYS} days",
        rationale="""Runbooks and failovers rot; teams that rehearse recover faster. A quarterly game day keeps the
        drill fresh.""",
-       remediation="Run a game day with the team (GPU fault, hung engine, bad canary) and record operations.last_game_day.",
+       remediation="Run a game day with the team (GPU fault, hung engine, bad canary) and record operations.last_game_day, "
+                   "or list its `forge chaos run --journal` file in evidence.chaos_journals.",
        path="operations.last_game_day")
 def game_day(ctx):
-    last = s.operations(ctx).last_game_day
+    import datetime as dt
+
+    claimed = s.operations(ctx).last_game_day
+    # A drill journal is a game day that left a record: its end date counts when it is newer than the claim.
+    drilled = [dt.date.fromisoformat(j["end"][:10]) for j in ctx.chaos_evidence.journals if j.get("end")]
+    newest_drill = max(drilled) if drilled else None
+    last = max(d for d in (claimed, newest_drill) if d is not None) if claimed or newest_drill else None
     if last is None:
         return violated("no game day recorded")
     age = ctx.days_since(last)
+    source = "journal" if newest_drill is not None and last == newest_drill else "operations.last_game_day"
     if age < 0:
-        return violated(f"last_game_day {last} is in the future", warn=True, last_game_day=last.isoformat())
-    if age > GAME_DAY_MAX_AGE_DAYS:
-        return violated(f"last game day {age} days ago", warn=True, last_game_day=last.isoformat(), age_days=age)
-    return passed(f"game day {age} days ago", last_game_day=last.isoformat(), age_days=age)
+        outcome = violated(f"last game day {last} is in the future ({source})", warn=True, last_game_day=last.isoformat())
+    elif age > GAME_DAY_MAX_AGE_DAYS:
+        outcome = violated(f"last game day {age} days ago ({source})", warn=True, last_game_day=last.isoformat(),
+                           age_days=age)
+    else:
+        outcome = passed(f"game day {age} days ago ({source})", last_game_day=last.isoformat(), age_days=age)
+    if source == "journal":
+        outcome.basis = "evidence"
+    return outcome
 
 
 @check("OPS-006", "operations", "medium", "Waivers are current and name real checks",

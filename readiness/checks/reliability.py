@@ -7,6 +7,10 @@ from forge.readiness.registry import check, not_applicable, passed, violated
 
 # The game days Forge runs (chaos/); each maps to a failure mode LLM serving is known for.
 REQUIRED_EXPERIMENTS = ("gpu-fault", "nccl-hang", "spot-interruption", "bad-canary")
+# Which failure mode a drill journal (evidence.chaos_journals, by its kind tag) rehearses. A frozen engine is what a
+# stopped tensor-parallel worker does to vLLM: the engine-hang drill exercises the same detection and restart path.
+JOURNAL_REHEARSES = {"gpu-fault": "gpu-fault", "engine-hang": "nccl-hang", "collective-hang": "nccl-hang",
+                     "spot-interruption": "spot-interruption", "bad-canary": "bad-canary"}
 
 
 @check("REL-001", "reliability", "critical", "Spot capacity has drain, checkpoint and resume",
@@ -137,17 +141,37 @@ def readiness_probe(ctx):
        reliability.chaos_experiments with last_run and passed.""",
        path="reliability.chaos_experiments")
 def chaos_rehearsed(ctx):
+    from forge.readiness.evidence_chaos import concluded
+
     rel = s.reliability(ctx)
-    names = rel.chaos_names
+    claimed = rel.chaos_names
+    journals = ctx.chaos_evidence
+    drilled: dict[str, list[dict]] = {}  # failure mode -> the deciding journal of each drill kind that rehearses it
+    for kind, mode in JOURNAL_REHEARSES.items():
+        latest = journals.latest(kind)
+        if latest is not None and concluded(latest):
+            drilled.setdefault(mode, []).append(latest)
+    drilled_ok = {mode for mode, found in drilled.items() if any(j["passed"] for j in found)}
+    drilled_failed = sorted(mode for mode in drilled if mode not in drilled_ok)
+    names = list(dict.fromkeys([*claimed, *sorted(drilled_ok)]))
     missing = [e for e in REQUIRED_EXPERIMENTS if e not in names]
     if ctx.d.hardware.capacity != "spot" and "spot-interruption" in missing:
         missing.remove("spot-interruption")
-    failed = [c.name for c in rel.chaos_experiments if not isinstance(c, str) and c.passed is False]
-    if failed:
-        return violated(f"game day(s) failed and not re-run: {', '.join(failed)}", failed=failed)
-    if missing:
-        return violated(f"not rehearsed: {', '.join(missing)}", warn=True, missing=missing, rehearsed=names)
-    return passed(f"rehearsed: {', '.join(names)}", rehearsed=names)
+    failed = [c.name for c in rel.chaos_experiments if not isinstance(c, str) and c.passed is False
+              and c.name not in drilled_ok]
+    evidence = {"rehearsed": names, "journaled": sorted(drilled_ok)}
+    if drilled_failed:
+        evidence["journal_failed"] = drilled_failed
+    if failed or drilled_failed:
+        outcome = violated(f"game day(s) failed and not re-run: {', '.join([*failed, *drilled_failed])}",
+                           failed=[*failed, *drilled_failed], **evidence)
+    elif missing:
+        outcome = violated(f"not rehearsed: {', '.join(missing)}", warn=True, missing=missing, **evidence)
+    else:
+        outcome = passed(f"rehearsed: {', '.join(names)}", **evidence)
+    if drilled:
+        outcome.basis = "evidence"
+    return outcome
 
 
 @check("REL-009", "reliability", "medium", "Requests have a timeout and bounded retries",
