@@ -208,3 +208,58 @@ def drain_agent_cmd(
     sys.stdout.write(json.dumps(r) + "\n")
     if report.killed or not report.drained_clean:
         raise typer.Exit(EXIT_NOT_OK)
+
+
+@app.command("metadata-endpoint")
+@_guarded
+def metadata_endpoint_cmd(
+    port: Annotated[int, typer.Option("--port", help="port on 127.0.0.1 (0 = any free one; the first line names it)")] = 0,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="stop after this long (default: until Ctrl-C)")] = None,
+) -> None:
+    """Serve AWS IMDSv2 spot/instance-action and GCP instance/preempted on 127.0.0.1 for a game day; post a notice
+    with `curl -X POST URL/_forge/notice -d '{"provider": "aws", "notice_seconds": 120}'` (DELETE clears it)."""
+    from forge.chaos.spot import MetadataEndpoint
+
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port {port}: use 0-65535 (0 = any free port)")
+    try:
+        endpoint = MetadataEndpoint(port=port).start()
+    except OSError as exc:
+        raise InputError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror}) — pick another port "
+                         "or 0") from None
+    _say(f"metadata endpoint on {endpoint.url} (AWS IMDSv2 and GCP paths; POST/DELETE {endpoint.url}/_forge/notice)")
+    try:
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        endpoint.stop()
+
+
+@app.command("collective-drill")
+@_guarded
+def collective_drill_cmd(
+    ranks: Annotated[int, typer.Option("--ranks", help="ranks of the all-reduce loop, one process each")] = 2,
+    stall_seconds: Annotated[float, typer.Option("--stall-seconds", help="the watchdog's stall threshold")] = 10.0,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", help="seconds between scrapes of the ranks")] = 0.5,
+    backend: Annotated[str, typer.Option("--backend", help="auto (nccl with one GPU per rank, else gloo), gloo, nccl")] = "auto",
+    torch_timeout_seconds: Annotated[float, typer.Option("--torch-timeout-seconds", help="the process group's timeout=")] = 60.0,
+    stop_rank: Annotated[Optional[int], typer.Option("--stop-rank", help="rank to SIGSTOP (default: the last)")] = None,
+    worker_python: Annotated[Optional[str], typer.Option("--worker-python", help="interpreter with torch for the ranks (default: this one)")] = None,
+    journal: Annotated[Path, typer.Option("--journal", help="where to write the journal")] = Path("collective-hang-journal.json"),
+) -> None:
+    """Collective hang: N ranks all-reduce (torch.distributed), one is SIGSTOPped; time Forge's progress watchdog and
+    torch's own timeout (forge.chaos.collective). Every rank is killed at the end."""
+    from forge.chaos.collective import run_drill, summary
+
+    try:
+        result = run_drill(ranks, stall_seconds, poll_interval, backend, torch_timeout_seconds, stop_rank,
+                           worker_python, journal, _say)
+    except KeyboardInterrupt:
+        _err(f"interrupted: ranks killed, journal written to {journal}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _say(summary(result))
+    _say(f"journal: {journal}")
+    raise typer.Exit(EXIT_OK if result.status == "completed" and not result.deviated else EXIT_NOT_OK)

@@ -245,6 +245,23 @@ def test_drain_agent_cli_drains_waits_for_in_flight_then_stops_the_engine(sim_st
     assert endpoint.state.requests[("GET", GCP_PREEMPTED_PATH, 200)] >= 2
 
 
+def test_metadata_endpoint_cli_serves_until_interrupted():
+    process = subprocess.Popen([*FORGE, "chaos", "metadata-endpoint", "--max-seconds", "30"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = process.stdout.readline()
+        url = re.search(r"on (http://127\.0\.0\.1:\d+) ", first).group(1)
+        with httpx.Client(base_url=url, trust_env=False) as http:
+            assert http.post("/_forge/notice", json={"provider": "gcp"}).json()["notice"]["notice_seconds"] == 30
+            assert http.get(GCP_PREEMPTED_PATH, headers={"Metadata-Flavor": "Google"}).text == "TRUE"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert CliRunner().invoke(app, ["metadata-endpoint", "--port", "70000"]).exit_code == 2
+
 def test_drain_agent_cli_bad_input(tmp_path):
     runner = CliRunner()
     base = ["drain-agent", "--provider", "aws", "--replica", "s1", "--state-dir", str(tmp_path)]
