@@ -263,3 +263,9 @@ def collective_drill_cmd(
     _say(summary(result))
     _say(f"journal: {journal}")
     raise typer.Exit(EXIT_OK if result.status == "completed" and not result.deviated else EXIT_NOT_OK)
+
+
+# `forge chaos rollout`: options and body live with the controller (forge.chaos.rollout keeps its imports light).
+from forge.chaos.rollout import rollout_command  # noqa: E402
+
+app.command("rollout")(_guarded(rollout_command))

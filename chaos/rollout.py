@@ -16,29 +16,31 @@ Queries read the catalog's canonical signals (forge_ttft_seconds, forge_itl_seco
 the derived forge:error_ratio, by the `replica` label the exporter sets) plus the gateway's own per-server
 response codes (HAProxy's exporter): a request the engine's HTTP layer fails never reaches the engine's
 counters, so only the gateway sees it. The window must hold a few scrapes: 20 s holds four at the stack's 5 s
-scrape interval (engine -> exporter -> Prometheus adds up to two intervals of lag); detection measured 7-25 s.
+scrape interval (engine -> exporter -> Prometheus adds up to two intervals of lag); detection measured 4.5-13 s.
 
 The experiments' activities (`provider: {module: forge.chaos.rollout, func: ...}`) are at the end.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-import httpx
+import typer
 
-from forge import catalog
 from forge.errors import InputError
-from forge.load.runner import is_loopback_url
 
+# httpx, the catalog and forge.load are imported where used: `forge chaos` imports this module for its `rollout`
+# command, and those three took ~1 s of every `forge chaos ...` start on the 2-core machine.
 if TYPE_CHECKING:  # pragma: no cover
     from forge.chaos.runner import Lab
 
@@ -116,6 +118,8 @@ def _with_matcher(expr: str, matcher: str) -> str:
 def build_queries(canary: str, stable: str, window_seconds: float, backend: str = BACKEND) -> dict[str, str]:
     """PromQL per analysis input; each answers one value per replica (label `replica`, or `server` at the
     gateway — the stack names both the same: s0, s1, ...)."""
+    from forge import catalog
+
     window = f"{max(1, round(window_seconds))}s"
     replicas = f'replica=~"{re.escape(canary)}|{re.escape(stable)}"'
     ttft, itl = catalog.resolve("ttft").name, catalog.resolve("itl").name
@@ -257,6 +261,10 @@ def analyse_answers(answers: dict[str, dict[str, Any]], canary: str, stable: str
 
 class Prometheus:
     def __init__(self, url: str, timeout_s: float = QUERY_TIMEOUT_S):
+        import httpx
+
+        from forge.load.runner import is_loopback_url
+
         self.url = url.rstrip("/")
         # A loopback Prometheus is never reached through a proxy from the environment.
         self.client = httpx.Client(timeout=timeout_s, trust_env=not is_loopback_url(self.url))
@@ -380,6 +388,7 @@ class RolloutController:
         self.initial_weights: dict[str, int] = {}     # when run() started
         self.weights_before: dict[str, int] = {}      # before an experiment prepared the canary (restore target)
         self._stop = threading.Event()
+        self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._baseline: ReplicaFigures | None = None
@@ -406,6 +415,8 @@ class RolloutController:
 
     def analyse(self) -> Analysis:
         """One analysis now. A query error is an inconclusive analysis (never a pass), not a crash."""
+        import httpx
+
         now = time.monotonic()
         try:
             answers = self.fetch(self.window_now(now))
@@ -535,16 +546,18 @@ class RolloutController:
                 self.run()
             except BaseException as exc:  # reported by wait(); the rollback in run() already ran
                 self._error = exc
+            finally:
+                self._done.set()
         self._thread = threading.Thread(target=target, name="forge-rollout", daemon=True)
         self._thread.start()
         return self
 
     def wait(self, timeout_s: float | None = None) -> RolloutResult | None:
         """The result once the rollout ended (None if still running at the timeout); re-raises its error."""
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                return None
+        # An Event, not Thread.join: a join interrupted by Ctrl-C can leave the thread marked stopped while it runs
+        # (seen here: the restore rollback's join then returned at once, before the result existed).
+        if self._thread is not None and not self._done.wait(timeout_s):
+            return None
         if self._error is not None:
             raise RuntimeError(f"rollout failed: {type(self._error).__name__}: {self._error}") from self._error
         return self.result
@@ -553,7 +566,7 @@ class RolloutController:
         """Stop a running rollout: it rolls back (aborted) and ends."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout_s)
+            self._done.wait(timeout_s)
         return self.result
 
     def close(self) -> None:
@@ -584,6 +597,8 @@ def _lab_vars(lab: Lab) -> dict[str, Any]:
 
 def _replica(lab: Lab, index: int) -> tuple[str, str]:
     """(HAProxy server name, URL) of a replica the lab started; refuses anything else."""
+    from forge.load.runner import is_loopback_url
+
     variables = _lab_vars(lab)
     server, url = variables.get(f"replica_{index}_server"), variables.get(f"replica_{index}_url")
     if not server or not url:
@@ -638,6 +653,8 @@ def inject_canary_fault(lab: Lab, mode: str, at_step: int = 10, delay_seconds: f
     """Once the rollout reaches `at_step` % (bounded wait), wait `delay_seconds` and make the canary bad through
     the simulator's fault API: `slow` (step times x `factor`) or `error_rate` (`rate` of requests answered 500).
     The injection time is when the canary starts to fail; rollback_seconds counts from it."""
+    import httpx
+
     faults = {"slow": {"factor": factor}, "error_rate": {"rate": rate}}
     if mode not in faults:
         raise ValueError(f"canary fault {mode!r}: use slow or error_rate")
@@ -706,6 +723,8 @@ def await_promotion(lab: Lab, timeout_seconds: float = 120.0) -> dict[str, Any]:
 def restore(lab: Lab) -> dict[str, Any]:
     """Rollback (always runs): stop the controller (it rolls back if mid-way), put the weights back as they were
     before the rollout, clear every fault on the lab's replicas, and journal the load's outcome counts."""
+    import httpx
+
     done: dict[str, Any] = {}
     controller = getattr(lab, "rollout", None)
     problems = []
@@ -747,6 +766,8 @@ def restore(lab: Lab) -> dict[str, Any]:
 def catalog_series_present(lab: Lab, wait_seconds: float = 0.0) -> bool:
     """Probe: Prometheus has the catalog's TTFT series for every replica the lab started (the analysis can see
     them); waits up to `wait_seconds` for the first scrapes of a fresh stack."""
+    from forge import catalog
+
     variables = _lab_vars(lab)
     servers = {str(variables[k]) for k in variables if re.fullmatch(r"replica_\d+_server", k)}
     prometheus = Prometheus(variables["prometheus_url"])
@@ -761,3 +782,56 @@ def catalog_series_present(lab: Lab, wait_seconds: float = 0.0) -> bool:
             time.sleep(0.5)
     finally:
         prometheus.close()
+
+
+# ================================================================================== `forge chaos rollout`
+# Mounted by chaos/cli.py: `app.command("rollout")(one_line_input_errors(rollout_command))`.
+def rollout_command(
+    prometheus: Annotated[str, typer.Option("--prometheus", help="Prometheus base URL, e.g. http://127.0.0.1:9090")],
+    haproxy_socket: Annotated[Path, typer.Option("--haproxy-socket", help="HAProxy admin socket (runtime API, level admin)")],
+    canary: Annotated[str, typer.Option("--canary", help="HAProxy server name of the canary (also its `replica` label)")],
+    stable: Annotated[str, typer.Option("--stable", help="HAProxy server name of the stable replica")],
+    steps: Annotated[str, typer.Option("--steps", help="canary's share of the weight per step, percent")] = "10,50,100",
+    backend: Annotated[str, typer.Option("--backend", help="HAProxy backend of both servers")] = BACKEND,
+    pause_seconds: Annotated[float, typer.Option("--pause-seconds", help="at least this long at each step")] = 15.0,
+    interval_seconds: Annotated[float, typer.Option("--interval-seconds", help="between analyses")] = 2.5,
+    window_seconds: Annotated[float, typer.Option("--window-seconds", help="Prometheus range of each analysis")] = 20.0,
+    failure_limit: Annotated[int, typer.Option("--failure-limit", help="failing analyses in a row that roll back")] = 2,
+    inconclusive_limit_seconds: Annotated[float, typer.Option("--inconclusive-limit-seconds", help="roll back when a "
+                                                              "step still has no verdict this long after its pause")] = 30.0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the result (steps, analyses, timings) here")] = None,
+) -> None:
+    """Roll a canary out at HAProxy in weight steps, judged by Prometheus; roll back on failure. Exit 0 promoted,
+    1 rolled back, 2 bad input, 130 interrupted (rolled back)."""
+    if not prometheus.startswith(("http://", "https://")):
+        raise InputError(f"--prometheus {prometheus!r}: not an http(s) URL — e.g. http://127.0.0.1:9090")
+    if not haproxy_socket.exists():
+        raise InputError(f"--haproxy-socket {haproxy_socket}: no such socket — start the stack (forge stack up) or "
+                         "fix the path")
+    config = RolloutConfig(steps=parse_steps(steps), pause_seconds=pause_seconds, interval_seconds=interval_seconds,
+                           window_seconds=window_seconds, failure_limit=failure_limit,
+                           inconclusive_limit_seconds=inconclusive_limit_seconds, backend=backend)
+
+    def say(message: str) -> None:
+        sys.stdout.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+        sys.stdout.flush()
+
+    controller = RolloutController(prometheus, haproxy_socket, canary, stable, config, log=say)
+    for server in (canary, stable):
+        try:
+            controller.weights.get(server)
+        except Exception as exc:  # StackError "No such server", a dead socket
+            raise InputError(f"--canary/--stable {server}: HAProxy backend {backend!r} has no such server "
+                             f"({str(exc).splitlines()[0]}) — `forge stack status` lists them") from None
+    try:
+        result = controller.run()
+    except KeyboardInterrupt:
+        sys.stderr.write(f"forge: error: interrupted: rolled back, {canary} weight 0\n")
+        raise typer.Exit(130) from None
+    finally:
+        controller.close()
+    say(f"{result.outcome}: {result.reason}; {canary} weight {result.canary_weight_after}, "
+        f"{stable} weight {result.stable_weight_after}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.measurements(), indent=2) + "\n")
+    raise typer.Exit(0 if result.promoted else 1)

@@ -9,15 +9,20 @@ live stack under 6 requests/s through the gateway: both replicas healthy; s1 wit
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from forge.chaos import rollout
+from forge.chaos.cli import app as chaos_app
 from forge.chaos.rollout import (FAIL, INCONCLUSIVE, PASS, ReplicaFigures, RolloutConfig, RolloutController,
                                  Thresholds, analyse_answers, build_queries, figures, judge, parse_steps)
 from forge.errors import InputError
@@ -113,7 +118,9 @@ def test_queries_read_catalog_signals_by_replica_and_the_gateway_by_server():
         else:
             assert 'replica=~"s1|s0"' in expr and "forge_" in expr
     # The engine-side error ratio is the catalog's own derived expression, with the replica matcher added.
-    template = rollout.catalog.resolve("error_ratio").expr("20s", "replica")
+    from forge import catalog
+
+    template = catalog.resolve("error_ratio").expr("20s", "replica")
     assert queries["engine_error_ratio"].replace(',replica=~"s1|s0"', "").replace('{replica=~"s1|s0"}', "") == template
     assert build_queries("s1", "s0", 7.4)["ttft_p95"].count("[7s]") == 1
 
@@ -192,15 +199,51 @@ def test_no_evidence_rolls_back_after_the_inconclusive_limit_and_reads_weight_0_
 
 
 @pytest.mark.stack
-def test_stopping_a_running_rollout_rolls_it_back(haproxy):
+def test_ctrl_c_then_stop_rolls_a_running_rollout_back(haproxy):
     config = RolloutConfig(pause_seconds=30, interval_seconds=0.2)
     controller = RolloutController(f"http://127.0.0.1:{_free_port()}", haproxy, "s1", "s0", config).start()
     deadline = time.monotonic() + 5
     while rollout.Weights(haproxy).get("s1") != 10:
         assert time.monotonic() < deadline, "the first step never set the canary's weight"
         time.sleep(0.05)
+    # Ctrl-C while the experiment waits on the rollout, as `forge chaos run` does; the restore rollback then stops
+    # it. (A Thread.join interrupted like this makes the next join return at once on CPython 3.11.)
+    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        controller.wait(10)
     result = controller.stop()
     assert result is not None and result.outcome == "aborted" and not result.promoted
+    assert rollout.Weights(haproxy).get("s1") == 0 and rollout.Weights(haproxy).get("s0") == 100
+
+
+def test_rollout_cli_bad_input_is_one_line_exit_2(tmp_path):
+    runner = CliRunner()
+    base = ["rollout", "--haproxy-socket", str(tmp_path / "none.sock"), "--canary", "s1", "--stable", "s0"]
+    for args, expected in [(["--prometheus", "127.0.0.1:9090"], "--prometheus '127.0.0.1:9090': not an http(s) URL"),
+                           (["--prometheus", "http://127.0.0.1:9090"], "no such socket"),
+                           ]:
+        result = runner.invoke(chaos_app, base + args)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.stack
+def test_rollout_cli_rolls_back_without_evidence_and_exits_1(haproxy, tmp_path):
+    runner = CliRunner()
+    common = ["rollout", "--prometheus", f"http://127.0.0.1:{_free_port()}", "--haproxy-socket", str(haproxy)]
+    bad = runner.invoke(chaos_app, common + ["--canary", "s9", "--stable", "s0"])
+    assert bad.exit_code == 2 and "has no such server" in bad.output, bad.output
+    bad = runner.invoke(chaos_app, common + ["--canary", "s1", "--stable", "s0", "--steps", "50,10"])
+    assert bad.exit_code == 2 and "increasing percentages" in bad.output, bad.output
+    out = tmp_path / "rollout.json"
+    result = runner.invoke(chaos_app, common + ["--canary", "s1", "--stable", "s0", "--steps", "25,100",
+                                                     "--pause-seconds", "0.4", "--interval-seconds", "0.2",
+                                                     "--inconclusive-limit-seconds", "0.4", "--json", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "step 25 %: weights s1=25 s0=75" in result.output and "rolled_back" in result.output
+    written = json.loads(out.read_text())
+    assert written["outcome"] == "rolled_back" and written["canary_weight_after"] == 0
     assert rollout.Weights(haproxy).get("s1") == 0 and rollout.Weights(haproxy).get("s0") == 100
 
 
@@ -229,7 +272,8 @@ def test_bad_canary_is_rolled_back_to_weight_0_within_60_s(tmp_path, mode, at_st
     journal = _run("bad-canary", tmp_path, fault_mode=mode, fault_at_step=at_step)
     m = journal["measurements"]
     print(f"\nbad canary ({mode} at {at_step} %): detection {m['detection_seconds']} s, rollback "
-          f"{m['rollback_seconds']} s after the fault ({m['rollback_action_seconds']} s after detection)")
+          f"{m['rollback_seconds']} s after the fault ({m['rollback_action_seconds']} s after detection); "
+          f"whole run {journal['duration']} s")
     assert m["outcome"] == "rolled_back" and m["promoted"] is False
     assert m["canary_weight_after"] == 0 and m["stable_weight_after"] == 100   # read back from HAProxy
     assert 0 < m["detection_seconds"] <= m["rollback_seconds"] < 60
@@ -250,7 +294,7 @@ def test_good_canary_is_promoted_through_every_step(tmp_path):
     journal = _run("good-canary", tmp_path)
     m = journal["measurements"]
     print(f"\ngood canary: promoted in {m['rollout_seconds']} s; canary share per step "
-          f"{[s['canary_share'] for s in m['steps']]}")
+          f"{[s['canary_share'] for s in m['steps']]}; whole run {journal['duration']} s")
     assert m["outcome"] == "promoted" and m["promoted"] is True and m["rollback_seconds"] is None
     assert [(s["percent"], s["verdict"]) for s in m["steps"]] == [(10, PASS), (50, PASS), (100, PASS)]
     assert all(s["analysis"]["canary"]["requests"] >= Thresholds().min_requests for s in m["steps"])
