@@ -14,6 +14,7 @@ import typer
 
 from forge import __version__
 from forge.console import error as _err
+from forge.console import one_line_input_errors
 from forge.console import write_atomic
 from forge.errors import InputError
 
@@ -102,6 +103,7 @@ def _assess_with_progress(paths: list[Path], day: dt.date | None, evidence: dict
 
 
 @readiness_app.command("assess")
+@one_line_input_errors
 def assess_cmd(
     files: Annotated[list[Path], typer.Argument(help="deploy.yaml file(s), or a directory of them (a fleet).")],
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
@@ -126,16 +128,16 @@ def assess_cmd(
                                                      "compare with: what got better or worse.")] = None,
 ) -> None:
     """Grade deploy.yaml file(s); exit 0 ready, 1 not ready, 2 bad input."""
+    # Every problem with the command line is found before anything is graded or written (InputError: one line
+    # each, exit 2); a bad deploy file of a fleet is reported and the rest still graded.
     try:
         day = dt.date.fromisoformat(as_of) if as_of else None
     except ValueError:
-        _err(f"--as-of {as_of!r}: not a date — use YYYY-MM-DD")
-        raise typer.Exit(EXIT_BAD_INPUT)
+        raise InputError(f"--as-of {as_of!r}: not a date — use YYYY-MM-DD") from None
     for f in load_results or ():
         if not f.is_file():
-            _err(f"--load-results {f}: no such file — give a results file of forge load, vllm bench serve, "
-                 "GuideLLM or AIPerf")
-            raise typer.Exit(EXIT_BAD_INPUT)
+            raise InputError(f"--load-results {f}: no such file — give a results file of forge load, vllm bench "
+                             "serve, GuideLLM or AIPerf")
     if chaos_journals:  # a journal named here is checked here: a bad one is bad usage, not a finding
         from forge.readiness.evidence_chaos import read_journal
 
@@ -146,36 +148,20 @@ def assess_cmd(
             except InputError as exc:
                 problems.extend(f"--chaos-journal {m}" for m in exc.messages)
         if problems:
-            for m in problems:
-                _err(m)
-            raise typer.Exit(EXIT_BAD_INPUT)
+            raise InputError(problems)
     previous = None
     if baseline is not None:  # read before grading, so a bad baseline costs nothing and writes nothing
         from forge.readiness.baseline import load_baseline
 
-        try:
-            previous = load_baseline(baseline)
-        except InputError as exc:
-            for m in exc.messages:
-                _err(m)
-            raise typer.Exit(EXIT_BAD_INPUT)
-    try:
-        paths = _expand(files)
-    except InputError as exc:
-        for m in exc.messages:
-            _err(m)
-        raise typer.Exit(EXIT_BAD_INPUT)
-    assessments, bad = [], False
+        previous = load_baseline(baseline)
+    paths = _expand(files)
     if prometheus:  # checked once here, not once per file of a fleet
         from forge.readiness.evidence_prometheus import check_reachable
 
-        try:
-            check_reachable(prometheus, "--prometheus")
-        except InputError as exc:
-            _err(exc.messages[0])
-            raise typer.Exit(EXIT_BAD_INPUT)
+        check_reachable(prometheus, "--prometheus")
     extra = {"load_results": tuple(load_results or ()), "chaos_journals": tuple(chaos_journals or ()),
              "prometheus_url": (prometheus,) if prometheus else ()}
+    assessments, bad = [], False
     for result in _assess_with_progress(paths, day, extra):
         if isinstance(result, list):
             bad = True
@@ -185,17 +171,12 @@ def assess_cmd(
             assessments.append(result)
     if bad and output is not None and assessments:
         # Never replace the last good report with one that silently lacks the files that failed to load.
-        _err(f"--output {output}: not written because of the input errors above — fix them and run again")
-        raise typer.Exit(EXIT_BAD_INPUT)
+        raise InputError(f"--output {output}: not written because of the input errors above — fix them and run "
+                         "again")
     if previous is not None and assessments:
         from forge.readiness.baseline import attach
 
-        try:
-            attach(assessments, previous, baseline)
-        except InputError as exc:
-            for m in exc.messages:
-                _err(m)
-            raise typer.Exit(EXIT_BAD_INPUT)
+        attach(assessments, previous, baseline)
     if assessments:
         from forge.readiness.reports import print_table, render
 
@@ -207,13 +188,8 @@ def assess_cmd(
             else:
                 root = base_dir or Path(os.environ.get("GITHUB_WORKSPACE") or Path.cwd())
                 _write_output(render(assessments, format.value, base_dir=root, fail_on=fail_on.value), output)
-        except InputError as exc:
-            for m in exc.messages:
-                _err(m)
-            raise typer.Exit(EXIT_BAD_INPUT)
         except OSError as exc:
-            _err(f"--output {output}: {exc.strerror} — choose a writable path")
-            raise typer.Exit(EXIT_BAD_INPUT)
+            raise InputError(f"--output {output}: {exc.strerror} — choose a writable path") from None
     if bad:
         raise typer.Exit(EXIT_BAD_INPUT)
     not_ready = any(a.verdict == "not_ready" for a in assessments)

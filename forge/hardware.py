@@ -36,6 +36,8 @@ class GPU:
     source: str
     efficiency: Efficiency = field(default_factory=lambda: Efficiency({"bf16": 0.5}, 0.8, 0.002, 0.005, 10e-6))
     sources: dict[str, str] = field(default_factory=dict)  # per-figure sources (memory, bandwidth, price, ...)
+    # Spot reclaims per instance-hour (AWS Spot Instance Advisor bands; hardware.yaml says which and how converted).
+    spot_interruptions_per_hour: float | None = None
 
     def supports(self, precision: str) -> bool:
         return precision in self.tflops
@@ -75,6 +77,8 @@ def catalog() -> dict[str, GPU]:
                 collective_latency_seconds=float(eff["collective_latency_seconds"]),
             ),
             sources={k: str(v) for k, v in (g.get("sources") or {}).items()},
+            spot_interruptions_per_hour=(float(g["spot_interruptions_per_hour"])
+                                         if g.get("spot_interruptions_per_hour") is not None else None),
         )
     return out
 

@@ -23,9 +23,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from forge.errors import InputError
 from forge.hardware import GPU, get as get_gpu
+from forge.load.arrivals import inter_arrival_gaps
+from forge.load.traces import load_trace
 from forge.models import ModelGeometry, dtype_bytes, geometry, layers_per_stage
-from forge.schema import Deployment, TokenProfile
+from forge.schema import Deployment, RateProfile, TokenProfile
 
 GiB = 1024**3
 
@@ -53,6 +56,17 @@ CUDA_GRAPH_RESERVE_BYTES = GiB // 2
 # QKV, attention output and the SwiGLU gate/up/act buffers (≈3.5 × hidden each, sharded by TP) at their peak.
 ACTIVATION_HIDDEN_MULTIPLE = 4 + 3 * 3.5
 
+# Spot: what a reclaim notice leaves in-flight requests. AWS gives 2 minutes, GCP and Azure 30 s (provider docs:
+# EC2 "Spot Instance interruption notices", GCE "Preemption process", Azure "Spot VMs"); unknown → 30 s.
+SPOT_NOTICE_SECONDS = {"aws": 120.0, "gcp": 30.0, "azure": 30.0, "kubernetes": 30.0, None: 30.0}
+KUBERNETES_DEFAULT_GRACE_SECONDS = 30.0   # terminationGracePeriodSeconds default
+# Re-warm of a replacement replica when reliability.startup_seconds is not declared: vLLM's start-up (56–58 s measured
+# on the reference machine, ../shared/notes/vllm-cpu.md) plus reading the weights at 2 GB/s (an assumption of one
+# local NVMe or node-cache read; declare startup_seconds from a measured cold start instead).
+ENGINE_START_SECONDS = 60.0
+WEIGHT_LOAD_BYTES_PER_SECOND = 2e9
+SPOT_EXTRA_SPARES = 1
+
 # Speculative decoding without a declared acceptance rate: ngram / EAGLE report 0.6–0.8 on chat traffic
 # (vLLM spec-decode docs and EAGLE paper, Li et al. 2024); take the low end.
 DEFAULT_SPEC_ACCEPTANCE = 0.6
@@ -71,6 +85,8 @@ SIMULATED_REQUESTS = 320
 WARMUP_REQUESTS = 32
 MAX_STEPS_PER_EVENT = 64  # re-evaluate step time at least this often while contexts grow
 RATE_SEARCH_ITERATIONS = 7
+# A declared trace is replayed from its start, at most this many requests (see trace_workload).
+MAX_TRACE_REQUESTS = 1000
 SIMULATION_SEED = 20261101
 
 
@@ -120,11 +136,40 @@ class CapacityEstimate:
     itl_p50_seconds: float | None
     growth: list[GrowthPoint] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    spot: SpotEconomics | None = None     # spot vs on-demand at 1×, net of interruptions
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: _rounded(v) for k, v in asdict(self).items() if k != "growth"}
+        out = {k: _rounded(v) for k, v in asdict(self).items() if k not in ("growth", "spot")}
         out["growth"] = [p.to_dict() for p in self.growth]
+        out["spot"] = self.spot.to_dict() if self.spot is not None else None
         return out
+
+
+@dataclass
+class SpotEconomics:
+    """Spot vs on-demand for the 1× fleet, net of what reclaims cost (docs/capacity.md, "Spot economics")."""
+
+    interruptions_per_replica_hour: float
+    interruption_source: str
+    replicas: float                       # day-average provisioned replicas at 1× (the on-demand fleet)
+    extra_spare_replicas: int             # spot keeps one more spare: a reclaim can land on top of a failure
+    drain_window_seconds: float           # what in-flight requests get after a reclaim notice (0: none)
+    drain_failure_probability: float      # share of in-flight requests a reclaim kills
+    in_flight_requests_per_replica: float
+    rewarm_seconds: float                 # replacement replica: cold start to ready (paid, serving nothing)
+    lost_requests_per_day: float
+    error_budget_requests_per_day: float | None
+    on_demand_cost_per_hour: float
+    spot_list_cost_per_hour: float        # the same replicas at the spot price, before interruptions
+    spot_effective_cost_per_hour: float   # + the extra spare, re-warm and redone work
+    net_savings_per_hour: float
+    net_savings_fraction: float
+    on_demand_cost_per_million_output_tokens: float | None
+    spot_effective_cost_per_million_output_tokens: float | None
+    on_demand_floor_cost_per_hour: float  # on-demand floor (p50 replicas + 1), spot above it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _rounded(v) for k, v in asdict(self).items()}
 
 
 def _rounded(v: Any) -> Any:
@@ -409,20 +454,86 @@ def _lengths(rng: random.Random, profile: tuple[int, int, int], n: int) -> list[
     return [min(max(1, round(median * math.exp(sigma * rng.gauss(0.0, 1.0)))), upper) for _ in range(n)]
 
 
+def _workload(prompts: list[int], outputs: list[int], unit_arrivals: list[float], prefix_hit_rate: float,
+              block_size: int) -> Workload:
+    # Prefix-cache hits are whole blocks, and vLLM always recomputes at least the last prompt token.
+    computed = [max(1, p - (int(p * prefix_hit_rate) // block_size) * block_size) for p in prompts]
+    kv = [math.ceil((p + o) / block_size) * block_size for p, o in zip(prompts, outputs)]
+    return Workload(tuple(prompts), tuple(computed), tuple(outputs), tuple(kv), tuple(unit_arrivals))
+
+
 @lru_cache(maxsize=1024)
-def make_workload(prompt: tuple[int, int, int], output: tuple[int, int, int], prefix_hit_rate: float, block_size: int) -> Workload:
+def make_workload(prompt: tuple[int, int, int], output: tuple[int, int, int], prefix_hit_rate: float, block_size: int,
+                  burstiness: float | None = None) -> Workload:
+    """Log-normal lengths and arrivals at 1 request/s: Poisson, or gamma gaps with CV `burstiness`."""
     rng = random.Random(SIMULATION_SEED)
     n = SIMULATED_REQUESTS
     prompts = _lengths(rng, prompt, n)
     outputs = [max(1, o) for o in _lengths(rng, output, n)]
-    # Prefix-cache hits are whole blocks, and vLLM always recomputes at least the last prompt token.
-    computed = [max(1, p - (int(p * prefix_hit_rate) // block_size) * block_size) for p in prompts]
-    kv = [math.ceil((p + o) / block_size) * block_size for p, o in zip(prompts, outputs)]
     arrivals, t = [], 0.0
-    for _ in range(n):
-        t += rng.expovariate(1.0)
-        arrivals.append(t)
-    return Workload(tuple(prompts), tuple(computed), tuple(outputs), tuple(kv), tuple(arrivals))
+    if burstiness is None:
+        for _ in range(n):
+            t += rng.expovariate(1.0)
+            arrivals.append(t)
+    else:
+        # The load generator's own gamma process (`forge load run --arrival gamma --burstiness CV`), so a plan and
+        # the replay that validates it share one definition of burstiness.
+        gaps = inter_arrival_gaps("gamma", 1.0, burstiness, SIMULATION_SEED)
+        for _ in range(n):
+            t += next(gaps)
+            arrivals.append(t)
+    return _workload(prompts, outputs, arrivals, prefix_hit_rate, block_size)
+
+
+@lru_cache(maxsize=16)
+def _trace_entries(path: str, stamp: tuple[float, int]) -> tuple[list, float]:
+    entries = load_trace(Path(path))[:MAX_TRACE_REQUESTS]
+    if len(entries) < 2 or entries[-1].offset_s <= entries[0].offset_s:
+        raise InputError(f"traffic.arrival.trace {path}: needs at least two requests at different times to give a "
+                         "rate — use a longer trace")
+    return entries, (len(entries) - 1) / (entries[-1].offset_s - entries[0].offset_s)
+
+
+@lru_cache(maxsize=1024)
+def thinned_trace_workload(path: str, stamp: tuple[float, int], prefix_hit_rate: float, block_size: int,
+                           replicas: int) -> Workload:
+    """What one of `replicas` replicas sees of a trace split at random: each request kept with probability 1/N.
+
+    The trace is replayed end to end repeatedly (each pass shifted by its span plus one mean gap) until
+    SIMULATED_REQUESTS are kept, so rate swings longer than a gap survive while short bursts thin out, as they do
+    behind a load balancer. Unit arrivals keep the aggregate's time scale: simulate at rate/N.
+    """
+    entries, mean_rate = _trace_entries(path, stamp)
+    if replicas <= 1:
+        return trace_workload(path, stamp, prefix_hit_rate, block_size)[0]
+    rng = random.Random(SIMULATION_SEED + replicas)
+    origin = entries[0].offset_s
+    period = entries[-1].offset_s - origin + 1.0 / mean_rate
+    keep = math.log1p(-1.0 / replicas)
+    kept, index, count = [], -1, len(entries)
+    while len(kept) < SIMULATED_REQUESTS:
+        # Geometric skip to the next kept request: O(kept) draws however many replicas share the trace.
+        index += 1 + int(math.log(1.0 - rng.random()) / keep)
+        cycle, position = divmod(index, count)
+        kept.append((entries[position], cycle * period + entries[position].offset_s - origin))
+    first = kept[0][1]
+    return _workload([e.prompt_tokens for e, _ in kept], [e.output_tokens for e, _ in kept],
+                     [(t - first) * mean_rate / replicas for _, t in kept], prefix_hit_rate, block_size)
+
+
+@lru_cache(maxsize=64)
+def trace_workload(path: str, stamp: tuple[float, int], prefix_hit_rate: float,
+                   block_size: int) -> tuple[Workload, float]:
+    """A recorded trace (load/traces.py formats): its own lengths and gaps, time-scaled to 1 request/s on average,
+    and the trace's own mean rate (requests/s).
+
+    The first MAX_TRACE_REQUESTS entries are kept: enough for the trace's bursts to show, few enough to plan fast.
+    `stamp` (mtime, size) keys the cache so an edited trace is read again.
+    """
+    entries, mean_rate = _trace_entries(path, stamp)
+    work = _workload([e.prompt_tokens for e in entries], [e.output_tokens for e in entries],
+                     [(e.offset_s - entries[0].offset_s) * mean_rate for e in entries], prefix_hit_rate, block_size)
+    return work, mean_rate
 
 
 @dataclass(frozen=True)
@@ -484,7 +595,8 @@ def _weighted_percentiles(pairs: list[tuple[float, float]], quantiles: tuple[flo
     return out
 
 
-def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float | None) -> SimulationResult:
+def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float | None,
+             warmup: int = WARMUP_REQUESTS) -> SimulationResult:
     """One replica under continuous batching; `rate` requests/s (Poisson), or None for all at once (saturation).
 
     Each engine step feeds every running sequence its decode token(s), then fills the rest of the token budget
@@ -537,7 +649,7 @@ def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float |
     itl: list[tuple[float, float]] = []
     itl_append = itl.append
     busy = 0.0
-    warm_time = arrivals[WARMUP_REQUESTS if WARMUP_REQUESTS < n - 1 else n - 1]
+    warm_time = arrivals[warmup if warmup < n - 1 else n - 1]
 
     while True:
         while next_arrival < n and next_arrival_time <= t:
@@ -645,7 +757,7 @@ def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float |
             kv_used -= kv_needed[req]
             finished_at[req] = t
 
-    measured = range(min(WARMUP_REQUESTS, n - 1), n)
+    measured = range(min(warmup, n - 1), n)
     ttfts = sorted(ttft[i] for i in measured)
     span = max(finished_at) - (arrivals[measured[0]] if rate else 0.0)
     completed = len(measured)
@@ -724,11 +836,13 @@ def estimate(deployment: Deployment, base_dir: Path | None = None) -> CapacityEs
     notes: list[str] = []
 
     traffic = deployment.traffic
-    prompt = traffic.prompt_tokens if traffic else None
-    output = traffic.output_tokens if traffic else None
+    demand, rates = demand_and_rates(deployment, base_dir)
+    work = demand.work if demand is not None else None
     max_concurrent = None
-    if prompt is not None and output is not None and memory.fits:
-        per_sequence_blocks = math.ceil((prompt.p95 + output.p95) / block_size(deployment)) or 1
+    if work is not None and memory.fits:
+        p95_prompt = _percentile(sorted(work.prompts), 0.95) if _is_trace(deployment) else traffic.prompt_tokens.p95
+        p95_output = _percentile(sorted(work.outputs), 0.95) if _is_trace(deployment) else traffic.output_tokens.p95
+        per_sequence_blocks = math.ceil((p95_prompt + p95_output) / block_size(deployment)) or 1
         max_concurrent = memory.kv_blocks // per_sequence_blocks
 
     step = step_model(deployment, geo, gpu, weights, memory.kv_bytes_per_token)
@@ -749,12 +863,11 @@ def estimate(deployment: Deployment, base_dir: Path | None = None) -> CapacityEs
         prefill_tokens_per_second_per_gpu=prefill_rate, decode_tokens_per_second_per_gpu=None,
         max_requests_per_second_per_replica=None, ttft_p50_seconds=None, itl_p50_seconds=None, notes=notes,
     )
-    if not memory.fits or prompt is None or output is None:
+    if not memory.fits or work is None:
         if memory.fits:
             notes.append("traffic.prompt_tokens / output_tokens not declared: no latency, replica or cost figures")
         return result
 
-    work = make_workload(_shape(prompt), _shape(output), traffic.prefix_cache_hit_rate or 0.0, block_size(deployment))
     limits = BatchLimits(max_num_seqs(deployment, gpu), budget, memory.kv_tokens)
     slo = deployment.slo
     targets = Targets(slo.ttft_p95_seconds if slo else None, slo.itl_p95_seconds if slo else None,
@@ -762,7 +875,12 @@ def estimate(deployment: Deployment, base_dir: Path | None = None) -> CapacityEs
     capacity = replica_capacity(step, limits, work, targets)
     per_replica = capacity.max_requests_per_second
     overhead = gpu.efficiency.request_overhead_seconds
-    if per_replica is None:
+    if per_replica is None and demand.process != "poisson":
+        notes.append(f"one replica alone misses the SLO under the whole {demand.process} stream at any rate (its "
+                     "bursts queue); split over more replicas they thin out")
+        result.ttft_p50_seconds = capacity.unloaded.ttft_p50 + overhead
+        result.itl_p50_seconds = capacity.unloaded.itl_p50
+    elif per_replica is None:
         notes.append(f"a single request already misses the SLO: TTFT p95 {capacity.unloaded.ttft_p95 + overhead:.3f}s,"
                      f" ITL p95 {capacity.unloaded.itl_p95:.4f}s")
         result.ttft_p50_seconds = capacity.unloaded.ttft_p50 + overhead
@@ -773,19 +891,268 @@ def estimate(deployment: Deployment, base_dir: Path | None = None) -> CapacityEs
         at_capacity = _simulate_cached(step, limits, work, per_replica)
         result.ttft_p50_seconds = at_capacity.ttft_p50 + overhead
         result.itl_p50_seconds = at_capacity.itl_p50
-    if traffic.requests_per_second is not None:
-        result.growth = [_growth_point(deployment, gpu, step, limits, work, capacity, m, gpus)
+    if rates is not None:
+        result.growth = [_growth_point(deployment, gpu, step, limits, demand, targets, capacity, m, gpus, rates)
                          for m in traffic.growth]
         one = next((p for p in result.growth if abs(p.multiplier - 1.0) < 1e-9), None)
+        if one is not None and one.replicas_needed is not None and demand.process != "poisson":
+            # Bursty traffic: what one replica sustains depends on how many share the stream; quote it at 1×.
+            shared = replica_capacity(step, limits, demand.for_replicas(one.replicas_needed), targets)
+            if shared.max_requests_per_second is not None:
+                per_replica = shared.max_requests_per_second
+                result.max_requests_per_second_per_replica = per_replica
+                result.decode_tokens_per_second_per_gpu = per_replica * work.mean_output / gpus
+            if demand.cv is not None:
+                notes.append(f"gamma arrivals, CV {demand.cv:g}: split at random over the {one.replicas_needed} "
+                             f"replicas of 1×, each sees CV {demand.per_replica_cv(one.replicas_needed):.2f}")
         if one is not None and one.replicas_needed is not None and per_replica is not None:
-            sized = _simulate_cached(step, limits, work, one.requests_per_second / one.replicas_needed)
+            sized = _simulate_cached(step, limits, demand.for_replicas(one.replicas_needed),
+                                     one.requests_per_second / one.replicas_needed)
             result.ttft_p50_seconds = sized.ttft_p50 + overhead
             result.itl_p50_seconds = sized.itl_p50
+        if one is not None and one.cost_per_hour is not None:
+            result.spot = spot_economics(deployment, gpu, one, rates, work, result.ttft_p50_seconds,
+                                         result.itl_p50_seconds, memory.weights_bytes_per_gpu, gpus)
     return result
+
+
+def capacity_prices(deployment: Deployment, gpu: GPU) -> tuple[float, float]:
+    """(on-demand, spot) USD per GPU-hour. A declared price is the declared capacity's (reserved counts as
+    on-demand); the alternative is the catalog's list price."""
+    on_demand, spot = gpu.price("on-demand"), gpu.price("spot")
+    declared = deployment.hardware.price_per_gpu_hour
+    if declared is None:
+        return on_demand, spot
+    if deployment.hardware.capacity == "spot":
+        return on_demand, declared
+    return declared, spot
+
+
+def spot_economics(deployment: Deployment, gpu: GPU, one: GrowthPoint, rates: RateProfile, work: Workload,
+                   ttft_p50: float | None, itl_p50: float | None, weights_bytes_per_gpu: float,
+                   gpus: int) -> SpotEconomics | None:
+    """The 1× fleet on spot vs on-demand: lost requests, re-warm and an extra spare priced in (docs/capacity.md)."""
+    if one.replicas_needed is None or ttft_p50 is None or itl_p50 is None:
+        return None
+    interruptions = gpu.spot_interruptions_per_hour
+    source = "hardware catalog (AWS Spot Instance Advisor band)"
+    if interruptions is None:
+        interruptions = get_gpu("H100-SXM-80GB").spot_interruptions_per_hour
+        source = "no figure for this GPU: H100's AWS Spot Instance Advisor band"
+    reliability = deployment.reliability
+    price = price_per_gpu_hour(deployment, gpu)
+    replicas = one.cost_per_hour / (price * gpus) if price else 0.0
+    # Requests in flight per replica (Little's law) and how long each takes, from the simulated 1× medians.
+    per_replica_rate = one.requests_per_second / one.replicas_needed
+    e2e = [ttft_p50 + max(0, o - 1) * itl_p50 for o in work.outputs]
+    mean_e2e = sum(e2e) / len(e2e)
+    in_flight = per_replica_rate * mean_e2e
+    drain = reliability is not None and reliability.spot_drain_enabled
+    window = 0.0
+    if drain:
+        notice = reliability.spot_drain.notice_source if not isinstance(reliability.spot_drain, bool) else None
+        grace = reliability.termination_grace_period_seconds
+        window = min(SPOT_NOTICE_SECONDS[notice], KUBERNETES_DEFAULT_GRACE_SECONDS if grace is None else grace,
+                     deployment.engine.args.shutdown_timeout or 0.0)  # vLLM's default 0 kills streams on SIGTERM
+    # An in-flight request is caught at a uniformly random point of its life, longer ones more often (length-biased):
+    # it is lost when what it has left exceeds the drain window.
+    failure = sum(max(0.0, t - window) for t in e2e) / sum(e2e) if sum(e2e) > 0 else 0.0
+    reclaims_per_day = interruptions * replicas * 24
+    lost_per_day = reclaims_per_day * in_flight * failure
+    served_per_day = sum(getattr(rates, level) * hours * 3600 for level, hours in DAY_PROFILE_HOURS)
+    availability = deployment.slo.availability if deployment.slo and deployment.slo.availability else None
+    budget = served_per_day * (1 - availability) if availability else None
+    rewarm = (reliability.startup_seconds if reliability is not None and reliability.startup_seconds else
+              ENGINE_START_SECONDS + weights_bytes_per_gpu / WEIGHT_LOAD_BYTES_PER_SECOND)
+    on_demand_price, spot_price = capacity_prices(deployment, gpu)
+    on_demand = replicas * gpus * on_demand_price
+    spot_list = replicas * gpus * spot_price
+    # Per reclaim: the replacement runs `rewarm` seconds before it serves, and the lost requests' work is redone
+    # (on average half of each was done: in_flight · failure requests, each 1/rate replica-seconds of work, is
+    # failure · mean_e2e / 2 replica-seconds by Little's law).
+    overhead = interruptions * replicas * (rewarm + failure * mean_e2e / 2) / 3600 * gpus * spot_price
+    spot_effective = spot_list + SPOT_EXTRA_SPARES * gpus * spot_price + overhead
+    output_per_hour = served_per_day * work.mean_output / 24
+    floor = _replicas_for(rates.p50, one.requests_per_second / one.replicas_needed) + 1 if rates.p50 > 0 else 1
+    floor = min(floor, replicas)
+    mixed = floor * gpus * on_demand_price + (replicas - floor + SPOT_EXTRA_SPARES) * gpus * spot_price + overhead * (
+        (replicas - floor) / replicas if replicas else 0.0)
+    return SpotEconomics(
+        interruptions_per_replica_hour=interruptions, interruption_source=source, replicas=replicas,
+        extra_spare_replicas=SPOT_EXTRA_SPARES, drain_window_seconds=window, drain_failure_probability=failure,
+        in_flight_requests_per_replica=in_flight, rewarm_seconds=rewarm, lost_requests_per_day=lost_per_day,
+        error_budget_requests_per_day=budget, on_demand_cost_per_hour=on_demand, spot_list_cost_per_hour=spot_list,
+        spot_effective_cost_per_hour=spot_effective, net_savings_per_hour=on_demand - spot_effective,
+        net_savings_fraction=(on_demand - spot_effective) / on_demand if on_demand else 0.0,
+        on_demand_cost_per_million_output_tokens=on_demand / output_per_hour * 1e6 if output_per_hour else None,
+        spot_effective_cost_per_million_output_tokens=spot_effective / output_per_hour * 1e6 if output_per_hour
+        else None,
+        on_demand_floor_cost_per_hour=mixed,
+    )
 
 
 def _shape(profile: TokenProfile) -> tuple[int, int, int]:
     return profile.p50, profile.p95, profile.max
+
+
+@dataclass(frozen=True)
+class Demand:
+    """The fleet's requests and how one of N replicas sees them when a load balancer spreads them at random.
+
+    A random split of a Poisson stream is Poisson at rate/N (closed form). A bursty stream dilutes: a gamma renewal
+    stream with gap CV c thinned to 1/N has gap CV² = 1 + (c² − 1)/N (a geometric sum of gaps); a trace is thinned
+    directly (thinned_trace_workload). Either way replica counts are searched, not divided.
+    """
+
+    work: Workload                       # the whole stream, time-scaled to 1 request/s (what one replica of 1 sees)
+    process: str                         # poisson | gamma | trace
+    cv: float | None = None
+    shapes: tuple | None = None          # (prompt, output, hit rate, block size) for gamma workloads
+    trace_key: tuple | None = None       # (path, stamp, hit rate, block size) for thinned traces
+
+    def per_replica_cv(self, replicas: int) -> float | None:
+        if self.cv is None:
+            return None
+        return math.sqrt(max(0.0, 1.0 + (self.cv * self.cv - 1.0) / max(1, replicas)))
+
+    def for_replicas(self, replicas: int) -> Workload:
+        if self.process == "poisson" or replicas <= 1:
+            return self.work
+        if self.process == "gamma":
+            # Rounded so that nearby replica counts share one cached workload and its simulations.
+            return make_workload(*self.shapes, round(self.per_replica_cv(replicas), 2))
+        return thinned_trace_workload(*self.trace_key, replicas)
+
+
+MAX_SEARCHED_REPLICAS = 1 << 17
+
+
+def replicas_for_rate(step: StepModel, limits: BatchLimits, demand: Demand, targets: Targets,
+                      capacity: ReplicaCapacity, rate: float,
+                      with_result: bool = True) -> tuple[int, SimulationResult | None] | None:
+    """The fewest replicas whose share of `rate` meets the SLO, and the simulation of one of them (None: no count).
+
+    Poisson: ⌈rate / per-replica capacity⌉. Bursty: the smallest N with sim(rate/N, what one of N sees) within the
+    SLO, by doubling then bisection — at least ⌈rate / saturated throughput⌉, at most what N=1's capacity gives.
+    """
+    if demand.process == "poisson":
+        if capacity.max_requests_per_second is None:
+            return None
+        needed = _replicas_for(rate, capacity.max_requests_per_second)
+        # Counting alone is arithmetic: the day profile asks for counts at four rates per multiplier.
+        return needed, _simulate_cached(step, limits, demand.work, rate / needed) if with_result else None
+
+    def attempt(n: int) -> SimulationResult:
+        return _simulate_cached(step, limits, demand.for_replicas(n), rate / n)
+
+    low = _replicas_for(rate, capacity.saturated_requests_per_second)
+    high = _replicas_for(rate, capacity.max_requests_per_second) if capacity.max_requests_per_second else low
+    high = max(high, low)
+    result = attempt(high)
+    while not targets.met(result):
+        low = high + 1
+        high *= 2
+        if high > MAX_SEARCHED_REPLICAS:
+            return None
+        result = attempt(high)
+    while low < high:
+        middle = (low + high) // 2
+        trial = attempt(middle)
+        if targets.met(trial):
+            high, result = middle, trial
+        else:
+            low = middle + 1
+    return high, result
+
+
+def effective_prefix_hit_rate(deployment: Deployment) -> float:
+    """The declared hit rate, or 0 with prefix caching switched off (vLLM V1 has it on unless told otherwise)."""
+    if deployment.traffic is None or deployment.engine.args.enable_prefix_caching is False:
+        return 0.0
+    return deployment.traffic.prefix_cache_hit_rate or 0.0
+
+
+HOURS_PER_MONTH = 730
+
+
+def monthly_cost(plan: CapacityEstimate | None, multiplier: float = 1.0) -> float | None:
+    """USD per month of the plan's fleet at a growth multiplier (None when the plan has no cost for it)."""
+    if plan is None:
+        return None
+    point = next((p for p in plan.growth if abs(p.multiplier - multiplier) < 1e-9), None)
+    return point.cost_per_hour * HOURS_PER_MONTH if point is not None and point.cost_per_hour is not None else None
+
+
+def what_if(deployment: Deployment, base_dir: Path | None, changes: dict[str, Any]) -> CapacityEstimate | None:
+    """The plan re-run with deploy.yaml values changed (dotted paths → new values); None when the changed file is
+    invalid or unplannable. For the cost delta of a recommendation: what the fix saves or costs."""
+    raw = deployment.model_dump(mode="json", exclude_none=True, by_alias=True)
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return estimate(Deployment.model_validate(raw), base_dir)
+    except (InputError, ValueError):
+        return None
+
+
+def cost_delta(deployment: Deployment, base_dir: Path | None, plan: CapacityEstimate | None,
+               changes: dict[str, Any], multiplier: float = 1.0) -> float | None:
+    """USD per month a change to deploy.yaml adds (negative: saves) at a growth multiplier, by re-running the model."""
+    before = monthly_cost(plan, multiplier)
+    after = monthly_cost(what_if(deployment, base_dir, changes), multiplier)
+    return None if before is None or after is None else after - before
+
+
+def describe_delta(delta: float | None) -> str:
+    """'saves $1,234/month' / 'costs $1,234/month more' / '' (for a finding's message)."""
+    if delta is None:
+        return ""
+    if abs(delta) < 0.5:
+        return "costs the same per month"
+    return f"saves ${-delta:,.0f}/month" if delta < 0 else f"costs ${delta:,.0f}/month more"
+
+
+def _is_trace(deployment: Deployment) -> bool:
+    arrival = deployment.traffic.arrival if deployment.traffic else None
+    return arrival is not None and arrival.process == "trace"
+
+
+def demand_and_rates(deployment: Deployment, base_dir: Path | None) -> tuple[Demand | None, RateProfile | None]:
+    """The simulated requests (lengths and unit-rate arrivals) and the rates to size for, from traffic.
+
+    Poisson unless traffic.arrival says gamma (CV) or trace. A trace brings its own lengths and gaps; without
+    declared requests_per_second its mean rate is taken for p50, p95 and peak.
+    """
+    traffic = deployment.traffic
+    if traffic is None:
+        return None, None
+    hit_rate = effective_prefix_hit_rate(deployment)
+    arrival = traffic.arrival
+    rates = traffic.requests_per_second
+    if arrival is not None and arrival.process == "trace":
+        path = Path(arrival.trace)
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        if not path.is_file():
+            raise InputError(f"traffic.arrival.trace: {path} is not a file — give an Azure LLM trace CSV "
+                             "(TIMESTAMP,ContextTokens,GeneratedTokens) or a Forge trace JSONL, relative to the "
+                             "deploy file")
+        stat = path.stat()
+        work, mean_rate = trace_workload(str(path), (stat.st_mtime, stat.st_size), hit_rate, block_size(deployment))
+        if rates is None:
+            rates = RateProfile(p50=mean_rate, p95=mean_rate, peak=mean_rate)
+        key = (str(path), (stat.st_mtime, stat.st_size), hit_rate, block_size(deployment))
+        return Demand(work, "trace", trace_key=key), rates
+    if traffic.prompt_tokens is None or traffic.output_tokens is None:
+        return None, rates
+    shapes = (_shape(traffic.prompt_tokens), _shape(traffic.output_tokens), hit_rate, block_size(deployment))
+    if arrival is not None and arrival.process == "gamma":
+        return Demand(make_workload(*shapes, arrival.cv), "gamma", cv=arrival.cv, shapes=shapes), rates
+    return Demand(make_workload(*shapes), "poisson"), rates
 
 
 def replica_step_model(deployment: Deployment, base_dir: Path | None = None) -> StepModel:
@@ -804,18 +1171,25 @@ def price_per_gpu_hour(deployment: Deployment, gpu: GPU) -> float:
         else gpu.price(deployment.hardware.capacity)
 
 
-def _growth_point(deployment: Deployment, gpu: GPU, step: StepModel, limits: BatchLimits, work: Workload,
-                  capacity: ReplicaCapacity, multiplier: float, gpus: int) -> GrowthPoint:
-    rates = deployment.traffic.requests_per_second
+def _growth_point(deployment: Deployment, gpu: GPU, step: StepModel, limits: BatchLimits, demand: Demand,
+                  targets: Targets, capacity: ReplicaCapacity, multiplier: float, gpus: int,
+                  rates: RateProfile) -> GrowthPoint:
+    work = demand.work
     sizing_rate = rates.p95 * multiplier
-    per_replica = capacity.max_requests_per_second
-    if per_replica is None or sizing_rate <= 0:
+    sized = replicas_for_rate(step, limits, demand, targets, capacity, sizing_rate) if sizing_rate > 0 else None
+    if sized is None:
         return GrowthPoint(multiplier, sizing_rate, None, None, None, None, None, None, None, None, None, None)
-    needed = _replicas_for(sizing_rate, per_replica)
-    sim = _simulate_cached(step, limits, work, sizing_rate / needed)
+    needed, sim = sized
+
+    def replicas(rate: float) -> int:
+        if rate <= 0:
+            return 0
+        found = replicas_for_rate(step, limits, demand, targets, capacity, rate, with_result=False)
+        return found[0] if found is not None else needed
+
     overhead = gpu.efficiency.request_overhead_seconds
     burst_rate = min(rates.peak, rates.p95 * (1 + BURST_HEADROOM)) * multiplier
-    with_headroom = max(needed, _replicas_for(burst_rate, per_replica)) + 1
+    with_headroom = max(needed, replicas(burst_rate)) + 1
     utilization = sizing_rate / (needed * capacity.saturated_requests_per_second)
 
     # A day at p50 / p95 / peak: the floor (declared replicas.min at 1×, else the headroom figure) stays up and
@@ -827,7 +1201,7 @@ def _growth_point(deployment: Deployment, gpu: GPU, step: StepModel, limits: Bat
     served_requests = 0.0
     for level, hours in DAY_PROFILE_HOURS:
         rate = getattr(rates, level) * multiplier
-        level_needed = _replicas_for(rate, per_replica) if rate > 0 else 0
+        level_needed = replicas(rate)
         provisioned_hours += hours * max(floor, level_needed + 1 if rate > 0 else 0) * gpus
         needed_hours += hours * level_needed * gpus
         served_requests += hours * 3600 * rate
@@ -860,4 +1234,119 @@ def _output_cost_share(step: StepModel, limits: BatchLimits, work: Workload) -> 
     return decode_seconds / (decode_seconds + prefill_seconds)
 
 
-__all__ = ["CapacityEstimate", "GrowthPoint", "StepModel", "estimate", "replica_step_model"]
+# ---------------------------------------------------------------- latency vs load (for the HTML plan)
+def latency_curve(deployment: Deployment, base_dir: Path | None = None, points: int = 12) -> list[dict[str, float]]:
+    """TTFT and ITL p50/p95 of one replica (as one of the 1× fleet sees its share) from light load to saturation.
+
+    Each point also carries its concurrency: requests in flight by Little's law (rate × mean end-to-end time).
+    Empty when the model has no traffic shape or does not fit.
+    """
+    geo = geometry(deployment, base_dir)
+    gpu = get_gpu(deployment.hardware.gpu)
+    weights = weights_dtype(deployment, geo)
+    memory = plan_memory(deployment, geo, gpu, weights, kv_dtype(deployment, activation_dtype(weights, geo)))
+    demand, _ = demand_and_rates(deployment, base_dir)
+    if demand is None or not memory.fits:
+        return []
+    plan = estimate(deployment, base_dir)
+    one = next((p for p in plan.growth if abs(p.multiplier - 1.0) < 1e-9), None)
+    work = demand.for_replicas(one.replicas_needed if one is not None and one.replicas_needed else 1)
+    step = step_model(deployment, geo, gpu, weights, memory.kv_bytes_per_token)
+    limits = BatchLimits(max_num_seqs(deployment, gpu), max_batched_tokens(deployment, gpu), memory.kv_tokens)
+    saturated = _simulate_cached(step, limits, work, None).requests_per_second
+    overhead = gpu.efficiency.request_overhead_seconds
+    curve = []
+    for i in range(1, points + 1):
+        rate = saturated * i / points
+        sim = _simulate_cached(step, limits, work, rate)
+        e2e = sim.ttft_p50 + overhead + max(0.0, work.mean_output - 1) * sim.itl_p50
+        curve.append({"requests_per_second": rate, "concurrency": rate * e2e,
+                      "ttft_p50_seconds": sim.ttft_p50 + overhead, "ttft_p95_seconds": sim.ttft_p95 + overhead,
+                      "itl_p50_seconds": sim.itl_p50, "itl_p95_seconds": sim.itl_p95})
+    return curve
+
+
+# ---------------------------------------------------------------- calibration against a measured run
+CALIBRATION_TOLERANCE = 0.25   # issue 4: predictions within ±25 % of measured TTFT p50, ITL p50 and throughput
+CALIBRATION_FORMAT = "forge.capacity.calibration/v1"
+
+
+def _median(values: list[float]) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def calibrate(deployment: Deployment, records: list[dict], base_dir: Path | None = None) -> dict[str, Any]:
+    """Predicted vs measured for the load a `forge load run` results.jsonl records.
+
+    The model replays the very requests that were measured — their send times and their prompt and output token
+    counts — through one replica's simulation (no warm-up discarded: the measured run has none either), and
+    compares medians and throughput with the measurement. Definitions follow docs/load.md: TTFT send → first
+    token; output throughput = output tokens / (first send → last completion). ITL is compared as TPOT (per request,
+    (E2E − TTFT) / (tokens − 1)): the model's ITL is engine step time per token, and a streamed client sees
+    events coalesced on a busy host (on real vLLM CPU the pooled gaps' p50 measured 42–72 µs, TPOT ~6 ms).
+    """
+    from forge.load.metrics import tpot
+
+    ok = sorted((r for r in records if r.get("outcome") == "ok" and r.get("sent_s") is not None
+                 and r.get("tokens_out")), key=lambda r: r["sent_s"])
+    if len(ok) < 2:
+        raise InputError(f"the results hold {len(ok)} successful request(s) — calibration needs at least two; run "
+                         "a longer load (forge load run --duration)")
+    geo = geometry(deployment, base_dir)
+    gpu = get_gpu(deployment.hardware.gpu)
+    weights = weights_dtype(deployment, geo)
+    kv_cache_dtype = kv_dtype(deployment, activation_dtype(weights, geo))
+    memory = plan_memory(deployment, geo, gpu, weights, kv_cache_dtype)
+    if not memory.fits:
+        raise InputError(f"the model does not fit ({memory.fit_reason}) — fix deploy.yaml before calibrating")
+    step = step_model(deployment, geo, gpu, weights, memory.kv_bytes_per_token)
+    limits = BatchLimits(max_num_seqs(deployment, gpu), max_batched_tokens(deployment, gpu), memory.kv_tokens)
+    start = ok[0]["sent_s"]
+    hit_rate = effective_prefix_hit_rate(deployment)
+    work = _workload([max(1, int(r.get("tokens_in") or r.get("prompt_tokens_target") or 1)) for r in ok],
+                     [max(1, int(r["tokens_out"])) for r in ok], [r["sent_s"] - start for r in ok], hit_rate,
+                     block_size(deployment))
+    sim = simulate(step, limits, work, 1.0, warmup=0)
+    overhead = gpu.efficiency.request_overhead_seconds
+
+    ttfts = sorted(r["ttft_s"] for r in ok if r.get("ttft_s") is not None)
+    gaps = sorted(t for t in (tpot(r) for r in ok) if t is not None)
+    window = max(r["sent_s"] + (r.get("e2e_s") or 0.0) for r in ok) - start
+    measured = {
+        "ttft_p50_seconds": _median(ttfts), "ttft_p95_seconds": _percentile(ttfts, 0.95) if ttfts else None,
+        "itl_p50_seconds": _median(gaps), "itl_p95_seconds": _percentile(gaps, 0.95) if gaps else None,
+        "output_tokens_per_second": sum(r["tokens_out"] for r in ok) / window if window > 0 else None,
+    }
+    predicted = {
+        "ttft_p50_seconds": sim.ttft_p50 + overhead, "ttft_p95_seconds": sim.ttft_p95 + overhead,
+        "itl_p50_seconds": sim.itl_p50, "itl_p95_seconds": sim.itl_p95,
+        "output_tokens_per_second": sim.output_tokens_per_second,
+    }
+    # The issue's acceptance covers medians and throughput; p95s are shown beside them, not graded.
+    graded = ("ttft_p50_seconds", "itl_p50_seconds", "output_tokens_per_second")
+    rows = []
+    for metric, value in measured.items():
+        guess = predicted[metric]
+        error = (guess - value) / value if value else None
+        rows.append({"metric": metric, "predicted": _rounded(guess), "measured": _rounded(value),
+                     "error_pct": None if error is None else round(100 * error, 1),
+                     "within_tolerance": None if error is None or metric not in graded
+                     else abs(error) <= CALIBRATION_TOLERANCE})
+    duration = window
+    return {
+        "format": CALIBRATION_FORMAT, "tolerance_pct": 100 * CALIBRATION_TOLERANCE,
+        "conditions": {"gpu": gpu.id, "requests_ok": len(ok), "requests_recorded": len(records),
+                       "offered_requests_per_second": _rounded((len(ok) - 1) / (ok[-1]["sent_s"] - start))
+                       if ok[-1]["sent_s"] > start else None,
+                       "window_seconds": _rounded(duration),
+                       "prompt_tokens_mean": _rounded(work.mean_prompt), "output_tokens_mean": _rounded(work.mean_output)},
+        "rows": rows,
+        "all_within_tolerance": all(r["within_tolerance"] for r in rows if r["within_tolerance"] is not None),
+    }
+
+
+__all__ = ["CapacityEstimate", "GrowthPoint", "StepModel", "calibrate", "estimate", "replica_step_model"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from enum import Enum
+from html import escape
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,7 @@ app = typer.Typer(help="Capacity & cost model: fit, KV cache, latency, replicas 
 class PlanFormat(str, Enum):
     table = "table"
     json = "json"
+    html = "html"
 
 
 def _fmt(value, spec: str, none: str = "—") -> str:
@@ -69,27 +71,272 @@ def _table(plan, console: Console) -> None:
         console.print(f"note: {note}")
 
 
+# ---------------------------------------------------------------- HTML (inline SVG, no network)
+TEMPLATES = Path(__file__).with_name("templates")
+CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 560, 240, 48, 52, 12, 32
+
+
+def _nice_max(value: float) -> float:
+    """An axis top: 1, 2 or 5 × 10^k at or above value."""
+    if value <= 0:
+        return 1.0
+    import math
+
+    exponent = 10 ** math.floor(math.log10(value))
+    return next(m * exponent for m in (1, 2, 5, 10) if m * exponent >= value)
+
+
+def _y(value: float, top: float) -> float:
+    return PAD_T + (CHART_H - PAD_T - PAD_B) * (1 - value / top)
+
+
+def _axes(left_top: float, right_top: float | None, left_fmt: str, right_fmt: str) -> list[str]:
+    parts = [f'<line class="axis" x1="{PAD_L}" y1="{CHART_H - PAD_B}" x2="{CHART_W - PAD_R}" y2="{CHART_H - PAD_B}"/>']
+    for i in range(5):
+        value = left_top * i / 4
+        y = _y(value, left_top)
+        parts.append(f'<line class="grid" x1="{PAD_L}" y1="{y:.1f}" x2="{CHART_W - PAD_R}" y2="{y:.1f}"/>')
+        parts.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{format(value, left_fmt)}</text>')
+        if right_top is not None:
+            parts.append(f'<text x="{CHART_W - PAD_R + 6}" y="{y + 4:.1f}">{format(right_top * i / 4, right_fmt)}</text>')
+    return parts
+
+
+def _svg(parts: list[str], label: str, css: str = "chart") -> str:
+    return (f'<svg class="{css}" viewBox="0 0 {CHART_W} {CHART_H}" role="img" aria-label="{escape(label)}">'
+            + "".join(parts) + "</svg>")
+
+
+def growth_chart(plan) -> str:
+    points = [p for p in plan.growth if p.replicas_needed is not None]
+    if not points:
+        return ""
+    top = _nice_max(max(p.replicas_with_headroom for p in points))
+    cost_top = _nice_max(max(p.cost_per_hour or 0 for p in points))
+    parts = _axes(top, cost_top, "g", ",.0f")
+    slot = (CHART_W - PAD_L - PAD_R) / len(points)
+    line = []
+    for i, p in enumerate(points):
+        x0 = PAD_L + slot * i + slot * 0.2
+        width = slot * 0.28
+        for j, (value, css) in enumerate(((p.replicas_needed, "s1"), (p.replicas_with_headroom, "s2"))):
+            y = _y(value, top)
+            parts.append(f'<rect class="{css}" x="{x0 + j * width:.1f}" y="{y:.1f}" width="{width - 2:.1f}" '
+                         f'height="{CHART_H - PAD_B - y:.1f}"><title>{p.multiplier:g}×: {value} replicas</title></rect>')
+            parts.append(f'<text x="{x0 + j * width + width / 2 - 1:.1f}" y="{y - 3:.1f}" text-anchor="middle">{value}</text>')
+        parts.append(f'<text x="{PAD_L + slot * (i + 0.5):.1f}" y="{CHART_H - PAD_B + 16}" text-anchor="middle">'
+                     f'{p.multiplier:g}× ({p.requests_per_second:.3g} req/s)</text>')
+        if p.cost_per_hour is not None:
+            line.append((PAD_L + slot * (i + 0.5), _y(p.cost_per_hour, cost_top), p.cost_per_hour))
+    if line:
+        parts.append('<polyline class="line s3" points="' + " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in line) + '"/>')
+        parts += [f'<circle class="s3" cx="{x:.1f}" cy="{y:.1f}" r="3.5"><title>${c:,.2f}/h</title></circle>'
+                  for x, y, c in line]
+    return _svg(parts, "replicas and cost per hour by traffic multiplier")
+
+
+def memory_chart(plan, gpu_memory_bytes: float) -> str:
+    parts = []
+    segments = [("weights", plan.weights_bytes_per_gpu, "s4"),
+                ("runtime reserve", plan.activation_reserve_bytes_per_gpu, "s2"),
+                ("KV cache", plan.kv_cache_bytes_per_gpu, "s1")]
+    total = max(gpu_memory_bytes, sum(v for _, v, _ in segments))
+    x, width, y, height = 8, 344, 30, 46
+    parts.append(f'<rect x="{x}" y="{y}" width="{width}" height="{height}" style="fill: var(--soft)"/>')
+    for name, value, css in segments:
+        w = width * value / total
+        parts.append(f'<rect class="{css}" x="{x:.1f}" y="{y}" width="{w:.1f}" height="{height}">'
+                     f'<title>{name}: {value / GiB:.2f} GiB</title></rect>')
+        if w > 40:
+            parts.append(f'<text x="{x + 2:.1f}" y="{y + height + 16}">{value / GiB:.1f} GiB</text>')
+        x += w
+    parts.append(f'<text x="8" y="{y - 10}">{gpu_memory_bytes / GiB:.1f} GiB per GPU · '
+                 f'{plan.kv_tokens_per_replica:,} KV tokens per replica</text>')
+    return (f'<svg class="chart" viewBox="0 0 360 100" role="img" aria-label="memory per GPU">'
+            + "".join(parts) + "</svg>")
+
+
+def latency_chart(curve: list[dict], ttft_slo: float | None, itl_slo: float | None) -> str:
+    if not curve:
+        return ""
+    x_top = curve[-1]["requests_per_second"]
+    top = _nice_max(max([p["ttft_p95_seconds"] for p in curve] + [ttft_slo or 0]))
+    itl_top = _nice_max(max([p["itl_p95_seconds"] for p in curve] + [itl_slo or 0]) * 1000)
+    parts = _axes(top, itl_top, ".2g", "g")
+
+    def x(rate: float) -> float:
+        return PAD_L + (CHART_W - PAD_L - PAD_R) * rate / x_top
+
+    for i in range(0, len(curve), max(1, len(curve) // 6)):
+        rate = curve[i]["requests_per_second"]
+        parts.append(f'<text x="{x(rate):.1f}" y="{CHART_H - PAD_B + 16}" text-anchor="middle">{rate:.3g}</text>')
+    parts.append(f'<text x="{CHART_W / 2:.0f}" y="{CHART_H - 2}" text-anchor="middle">requests/s per replica '
+                 f'(saturation at {x_top:.3g})</text>')
+    series = [("ttft_p95_seconds", top, 1, "s1", ""), ("ttft_p50_seconds", top, 1, "s3", ""),
+              ("itl_p95_seconds", itl_top, 1000, "s2", " dashed")]
+    for key, axis_top, scale, css, dash in series:
+        coords = " ".join(f"{x(p['requests_per_second']):.1f},{_y(p[key] * scale, axis_top):.1f}" for p in curve)
+        parts.append(f'<polyline class="line {css}{dash}" points="{coords}"><title>{key}</title></polyline>')
+    for slo, axis_top, scale, label in ((ttft_slo, top, 1, "TTFT SLO"), (itl_slo, itl_top, 1000, "ITL SLO")):
+        if slo is not None and slo * scale <= axis_top:
+            y = _y(slo * scale, axis_top)
+            parts.append(f'<line class="slo" x1="{PAD_L}" y1="{y:.1f}" x2="{CHART_W - PAD_R}" y2="{y:.1f}"/>')
+            parts.append(f'<text class="slo-label" x="{PAD_L + 4}" y="{y - 4:.1f}">{label}</text>')
+    return _svg(parts, "TTFT and ITL against requests per second for one replica", "chart wide")
+
+
+def render_html(plan, curve: list[dict], deployment, source: str) -> str:
+    """The plan as one self-contained page, styled with the readiness report's own CSS."""
+    import re
+
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from markupsafe import Markup
+
+    from forge.hardware import get
+
+    report = (TEMPLATES / "report.html.j2").read_text()
+    base_css = re.search(r"<style>(.*?)</style>", report, re.S).group(1)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["j2", "html"]))
+    slo = deployment.slo
+    charts = {
+        "growth": Markup(growth_chart(plan)),
+        "memory": Markup(memory_chart(plan, get(plan.gpu).memory_bytes)),
+        "latency": Markup(latency_chart(curve, slo.ttft_p95_seconds if slo else None,
+                                        slo.itl_p95_seconds if slo else None)),
+    }
+    return env.get_template("capacity.html.j2").render(
+        plan=plan, curve=curve, charts=charts, name=deployment.metadata.name, source=source,
+        base_css=Markup(base_css), fmt=_fmt)
+
+
 @app.command("plan")
 def plan_cmd(
     deploy_file: Annotated[Path, typer.Argument(help="deploy.yaml to plan")],
-    output_format: Annotated[PlanFormat, typer.Option("--format", "-f", help="table or json")] = PlanFormat.table,
+    output_format: Annotated[PlanFormat, typer.Option("--format", "-f", help="table, json or html")] = PlanFormat.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout")] = None,
 ) -> None:
     """Does it fit, how many KV tokens, how fast, how many replicas at 1×/3×/10×, at what cost."""
     from forge.loader import load
     from forge.readiness.capacity import estimate
 
+    from forge.readiness.capacity import latency_curve
+
     try:
         loaded = load(deploy_file)
         plan = estimate(loaded.deployment, loaded.path.parent)
+        curve = latency_curve(loaded.deployment, loaded.path.parent) if output_format is PlanFormat.html else []
     except InputError as exc:
         for message in exc.messages:
             sys.stderr.write(f"error: {message}\n")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    if output_format is PlanFormat.json:
-        sys.stdout.write(json.dumps(plan.to_dict(), indent=2) + "\n")
+    if output_format is PlanFormat.html:
+        text = render_html(plan, curve, loaded.deployment, str(deploy_file))
+    elif output_format is PlanFormat.json:
+        text = json.dumps(plan.to_dict(), indent=2) + "\n"
+    else:
+        text = None
+    if text is not None:
+        if output is not None:
+            output.write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
     else:
         # Wide enough for the growth table even when piped (rich falls back to 80 columns there).
         _table(plan, Console(width=max(Console().width, 150)))
+
+
+def _calibration_table(report: dict, console: Console) -> None:
+    c = report["conditions"]
+    table = Table(title=f"Calibration — {c['requests_ok']} requests at {_fmt(c['offered_requests_per_second'], '.2f')} "
+                        f"req/s over {_fmt(c['window_seconds'], '.1f')} s on {c['gpu']} "
+                        f"(±{report['tolerance_pct']:g} % on p50s and throughput)")
+    for column in ("metric", "predicted", "measured", "error %", f"within ±{report['tolerance_pct']:g} %"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in report["rows"]:
+        seconds = row["metric"].endswith("_seconds")
+        spec = ".2f" if not seconds else ".1f"
+        scale = 1000 if seconds else 1
+        unit = " ms" if seconds else ""
+        within = {True: "yes", False: "NO", None: "(shown)"}[row["within_tolerance"]]
+        table.add_row(row["metric"].replace("_seconds", ""),
+                      _fmt(row["predicted"] and row["predicted"] * scale, spec) + unit,
+                      _fmt(row["measured"] and row["measured"] * scale, spec) + unit,
+                      _fmt(row["error_pct"], "+.1f"), within)
+    console.print(table)
+
+
+def _run_load(target: str, deploy_file: Path, out: Path, rate: float, duration: float, max_requests: int | None,
+              prompt_tokens: str | None, output_tokens: str | None, seed: int) -> None:
+    """A short bounded `forge load run` (its own process: the clients' timing is not shared with the model)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "forge.load", "run", "--no-progress", "--target", target, "--rate", f"{rate:g}",
+           "--duration", f"{duration:g}", "--out", str(out), "--deploy", str(deploy_file), "--seed", str(seed)]
+    if max_requests:
+        cmd += ["--max-requests", str(max_requests)]
+    if prompt_tokens:
+        cmd += ["--prompt-tokens", prompt_tokens]
+    if output_tokens:
+        cmd += ["--output-tokens", output_tokens]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # Exit 1 only says the run missed the deploy's SLO: the records are still a measurement to compare with.
+    if done.returncode not in (0, 1) or not out.is_file():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise InputError(f"--target {target}: the load run failed ({last})")
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    deploy_file: Annotated[Path, typer.Option("--deploy", help="deploy.yaml whose model predicts the run")],
+    target: Annotated[str | None, typer.Option("--target", help="Base URL of a live engine to load "
+                                               "(loopback), e.g. http://127.0.0.1:8000")] = None,
+    results: Annotated[Path | None, typer.Option("--results", help="results.jsonl of a `forge load run` "
+                                                 "instead of a live run")] = None,
+    rate: Annotated[float, typer.Option("--rate", help="Poisson requests/s of the live run")] = 2.0,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds of the live run")] = 20.0,
+    max_requests: Annotated[int | None, typer.Option("--max-requests", min=1, help="At most N requests")] = None,
+    prompt_tokens: Annotated[str | None, typer.Option("--prompt-tokens", help="Shape as `forge load run` takes it "
+                                                      "(default: deploy.yaml traffic)")] = None,
+    output_tokens: Annotated[str | None, typer.Option("--output-tokens", help="Same forms")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the live run")] = 0,
+    output_format: Annotated[PlanFormat, typer.Option("--format", "-f", help="table or json")] = PlanFormat.table,
+    json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the JSON report here")] = None,
+) -> None:
+    """Predicted vs measured TTFT, ITL and throughput at a measured load: the model's error table (±25 %)."""
+    import tempfile
+
+    from forge.load.metrics import read_results
+    from forge.loader import load
+    from forge.readiness.capacity import calibrate
+
+    try:
+        if (target is None) == (results is None):
+            raise InputError("give exactly one of --target URL (a live run) or --results results.jsonl")
+        if rate <= 0 or duration <= 0:
+            raise InputError(f"--rate {rate:g} and --duration {duration:g} must be > 0")
+        if output_format is PlanFormat.html:
+            raise InputError("--format html is for `forge capacity plan`; calibrate prints table or json")
+        loaded = load(deploy_file)
+        if target is not None:
+            with tempfile.TemporaryDirectory(prefix="forge-calibrate-") as tmp:
+                out = Path(tmp) / "results.jsonl"
+                _run_load(target, deploy_file, out, rate, duration, max_requests, prompt_tokens, output_tokens, seed)
+                records = read_results(out)
+        else:
+            records = read_results(results)
+        report = calibrate(loaded.deployment, records, loaded.path.parent)
+        report["conditions"]["source"] = target or str(results)
+    except InputError as exc:
+        for message in exc.messages:
+            sys.stderr.write(f"error: {message}\n")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    text = json.dumps(report, indent=2) + "\n"
+    if json_out is not None:
+        json_out.write_text(text)
+    if output_format is PlanFormat.json:
+        sys.stdout.write(text)
+    else:
+        _calibration_table(report, Console(width=max(Console().width, 120)))
 
 
 @app.callback()

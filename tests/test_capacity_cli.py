@@ -34,3 +34,18 @@ def test_plan_bad_input_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["plan", str(bad)])
     assert result.exit_code == 2
     assert "kv_heads: 7 does not divide attention_heads 64" in result.output
+
+
+def test_plan_html_is_self_contained_with_three_charts(tmp_path):
+    out = tmp_path / "plan.html"
+    result = CliRunner().invoke(app, ["plan", str(EXAMPLE), "--format", "html", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert page.count("<svg") == 3 and "default-src 'none'" in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    # The readiness report's look: its CSS variables are inlined, not linked.
+    assert "--fail-bg" in page and "<link" not in page
+    data = json.loads(CliRunner().invoke(app, ["plan", str(EXAMPLE), "--format", "json"]).stdout)
+    for point in data["growth"]:  # the growth table shows the model's own replica counts
+        assert f"<td>{point['replicas_needed']}</td><td>{point['replicas_with_headroom']}</td>" in page
+    assert "TTFT SLO" in page and "Spot vs on-demand" in page

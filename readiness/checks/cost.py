@@ -7,6 +7,22 @@ from forge.readiness.registry import check, not_applicable, passed, violated
 
 IDLE_WASTE_THRESHOLD = 0.5   # more than half the provisioned GPU-hours idle over a day is waste
 PREFIX_HIT_WORTH_IT = 0.2    # above this expected hit rate, prefix caching pays for itself
+# Spot that saves less than this after interruptions is not worth its reclaims (lost streams, re-warms, pages).
+SPOT_MIN_NET_SAVINGS = 0.10
+# Reclaims that would spend more than this share of the availability error budget make spot-only prod a risk.
+SPOT_ERROR_BUDGET_SHARE = 0.10
+
+
+def delta(ctx, changes: dict, multiplier: float = 1.0) -> tuple[float | None, str]:
+    """What a recommended change saves or costs per month, re-planned by the capacity model, and its wording."""
+    from forge.readiness.capacity import cost_delta, describe_delta
+
+    usd = cost_delta(ctx.d, ctx.base_dir, ctx.capacity, changes, multiplier)
+    return (None if usd is None else round(usd)), describe_delta(usd)
+
+
+def _with_delta(message: str, wording: str, change: str) -> str:
+    return f"{message}; {change} {wording}" if wording else message
 
 
 @check("COST-001", "cost", "high", "GPU spend is metered per team and cost center",
@@ -45,7 +61,9 @@ def not_sized_on_peak(ctx):
         return passed(f"floor of {replicas.min} is what p95 with headroom needs ({ratio:.0%} idle GPU-hours)", **ev)
     msg = (f"replicas.min {replicas.min} is {excess} above the {point.replicas_with_headroom} that p95 with burst "
            f"and N+1 headroom needs; {ratio:.0%} of the floor's GPU-hours are idle over a day")
-    return violated(msg, warn=ratio <= IDLE_WASTE_THRESHOLD, **ev)
+    usd, wording = delta(ctx, {"hardware.replicas.min": point.replicas_with_headroom})
+    msg = _with_delta(msg, wording, f"replicas.min {point.replicas_with_headroom}")
+    return violated(msg, warn=ratio <= IDLE_WASTE_THRESHOLD, cost_delta_usd_month=usd, **ev)
 
 
 @check("COST-003", "cost", "medium", "Prefix caching is on where traffic shares prefixes",
@@ -59,8 +77,9 @@ def prefix_caching(ctx):
     if rate is None or rate < PREFIX_HIT_WORTH_IT:
         return not_applicable("little shared prefix expected")
     if ctx.d.engine.args.enable_prefix_caching is False:
-        return violated(f"prefix caching off while {rate:.0%} of prompt tokens are expected to hit",
-                        prefix_cache_hit_rate=rate)
+        usd, wording = delta(ctx, {"engine.args.enable_prefix_caching": True})
+        return violated(_with_delta(f"prefix caching off while {rate:.0%} of prompt tokens are expected to hit",
+                                    wording, "turning it on"), prefix_cache_hit_rate=rate, cost_delta_usd_month=usd)
     return passed("prefix caching on", prefix_cache_hit_rate=rate)
 
 
@@ -84,8 +103,34 @@ def budget(ctx):
     monthly = point.cost_per_hour * 730
     ev = {"cost_usd_month_10x": round(monthly), "budget_usd_month": limit}
     if monthly > limit:
-        return violated(f"10× traffic costs ${monthly:,.0f}/month, over the ${limit:,.0f} budget", warn=True, **ev)
+        message = f"10× traffic costs ${monthly:,.0f}/month, over the ${limit:,.0f} budget"
+        options = _cheaper_options(ctx)
+        if options:
+            best_change, (usd, wording) = min(options.items(), key=lambda item: item[1][0])
+            message = _with_delta(message, wording + " at 10×", best_change)
+            ev["cost_delta_usd_month_10x"] = usd
+        return violated(message, warn=True, **ev)
     return passed(f"10× traffic ${monthly:,.0f}/month within budget", **ev)
+
+
+def _cheaper_options(ctx) -> dict[str, tuple[float, str]]:
+    """Recommendations the model can price at 10×: FP8 KV cache, FP8 weights, prefix caching (those that apply)."""
+    from forge.hardware import get
+
+    gpu = get(ctx.d.hardware.gpu)
+    candidates = {}
+    if gpu.supports("fp8") and gpu.id != "CPU" and not ctx.d.engine.args.kv_cache_dtype.startswith("fp8"):
+        candidates["kv_cache_dtype fp8"] = {"engine.args.kv_cache_dtype": "fp8"}
+    if gpu.supports("fp8") and gpu.id != "CPU" and ctx.capacity.weights_dtype in ("bf16", "fp16"):
+        candidates["FP8 weights"] = {"model.weights.dtype": "fp8", "model.weights.quantization": "fp8"}
+    if ctx.d.engine.args.enable_prefix_caching is False and (s.traffic(ctx).prefix_cache_hit_rate or 0) > 0:
+        candidates["prefix caching"] = {"engine.args.enable_prefix_caching": True}
+    out = {}
+    for name, changes in candidates.items():
+        usd, wording = delta(ctx, changes, 10.0)
+        if usd is not None and usd < 0:
+            out[name] = (usd, wording)
+    return out
 
 
 @check("COST-005", "cost", "medium", "Autoscaling follows traffic",
@@ -116,7 +161,9 @@ def fp8_kv(ctx):
     if not gpu.supports("fp8") or ctx.d.hardware.gpu == "CPU":
         return not_applicable(f"{gpu.id} has no FP8")
     if not ctx.d.engine.args.kv_cache_dtype.startswith("fp8"):
-        return violated(f"{gpu.id} supports FP8 but the KV cache is {ctx.d.engine.args.kv_cache_dtype}", warn=True)
+        usd, wording = delta(ctx, {"engine.args.kv_cache_dtype": "fp8"})
+        return violated(_with_delta(f"{gpu.id} supports FP8 but the KV cache is {ctx.d.engine.args.kv_cache_dtype}",
+                                    wording, "kv_cache_dtype fp8"), warn=True, cost_delta_usd_month=usd)
     return passed("FP8 KV cache")
 
 
@@ -129,7 +176,45 @@ def fp8_kv(ctx):
 def spot_floor(ctx):
     if ctx.d.hardware.capacity != "spot":
         return not_applicable("not on spot")
+    econ = ctx.capacity.spot if ctx.capacity is not None else None
+    if econ is None:
+        # No traffic or SLO to price the fleet with: judge the floor alone.
+        if s.is_prod(ctx):
+            return violated("production floor on spot capacity only", warn=True, capacity="spot",
+                            environment=ctx.d.metadata.environment)
+        return passed("spot used outside production")
+    month = 730
+    ev = {"on_demand_usd_month": round(econ.on_demand_cost_per_hour * month),
+          "spot_effective_usd_month": round(econ.spot_effective_cost_per_hour * month),
+          "net_savings_fraction": round(econ.net_savings_fraction, 3),
+          "lost_requests_per_day": round(econ.lost_requests_per_day, 2),
+          "interruptions_per_replica_hour": econ.interruptions_per_replica_hour,
+          "spot_effective_usd_per_1m_output_tokens": econ.spot_effective_cost_per_million_output_tokens,
+          "on_demand_usd_per_1m_output_tokens": econ.on_demand_cost_per_million_output_tokens}
+    summary = (f"spot ${econ.spot_effective_cost_per_hour * month:,.0f}/month after interruptions (an extra spare, "
+               f"{econ.rewarm_seconds:.0f} s re-warms, redone work) vs ${econ.on_demand_cost_per_hour * month:,.0f} "
+               f"on-demand: {econ.net_savings_fraction:.0%} net savings")
+    if econ.net_savings_fraction < SPOT_MIN_NET_SAVINGS:
+        usd = round((econ.on_demand_cost_per_hour - econ.spot_effective_cost_per_hour) * month)
+        return violated(f"interruptions cancel the spot savings: {summary}; on-demand {describe_delta_usd(usd)}",
+                        cost_delta_usd_month=usd, **ev)
     if s.is_prod(ctx):
-        return violated("production floor on spot capacity only", warn=True, capacity="spot",
-                        environment=ctx.d.metadata.environment)
-    return passed("spot used outside production")
+        budget = econ.error_budget_requests_per_day
+        share = econ.lost_requests_per_day / budget if budget else None
+        floor_usd = round((econ.on_demand_floor_cost_per_hour - econ.spot_effective_cost_per_hour) * month)
+        ev["cost_delta_usd_month"] = floor_usd
+        lost = f"{econ.lost_requests_per_day:.1f} requests/day lost to reclaims"
+        if share is not None:
+            lost += f" ({share:.1%} of the error budget)"
+        # Reclaims eating a real share of the error budget are an outage pattern, not a cost trade-off.
+        return violated(f"production floor on spot capacity only: {summary}; {lost}; an on-demand floor with spot "
+                        f"above it {describe_delta_usd(floor_usd)}",
+                        warn=share is None or share <= SPOT_ERROR_BUDGET_SHARE, capacity="spot",
+                        environment=ctx.d.metadata.environment, **ev)
+    return passed(f"spot used outside production: {summary}", **ev)
+
+
+def describe_delta_usd(usd: float) -> str:
+    from forge.readiness.capacity import describe_delta
+
+    return describe_delta(usd)

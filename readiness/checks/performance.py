@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from forge.readiness.checks import _sections as s
+from forge.readiness.checks.cost import delta
 from forge.readiness.registry import check, not_applicable, passed, violated
 
 GiB = 1024**3
@@ -26,7 +27,19 @@ def model_fits(ctx):
     ev = {"weights_bytes_per_gpu": cap.weights_bytes_per_gpu, "kv_cache_bytes_per_gpu": cap.kv_cache_bytes_per_gpu,
           "gpu": ctx.d.hardware.gpu, "tensor_parallel_size": ctx.d.engine.args.tensor_parallel_size}
     if not cap.fits:
-        return violated(f"does not fit: {cap.fit_reason}", **ev)
+        # Price the first remedy: twice the GPUs per replica (TP × 2), re-planned; 0 → its cost at 1×.
+        from forge.readiness.capacity import monthly_cost, what_if
+
+        tp = ctx.d.engine.args.tensor_parallel_size
+        wider = what_if(ctx.d, ctx.base_dir, {"engine.args.tensor_parallel_size": 2 * tp,
+                                              "hardware.gpus_per_replica": 2 * ctx.d.hardware.gpus_per_replica})
+        message = f"does not fit: {cap.fit_reason}"
+        if wider is not None and wider.fits:
+            usd = monthly_cost(wider)
+            message += (f"; tensor_parallel_size {2 * tp} fits" +
+                        (f" and costs ${usd:,.0f}/month at 1×" if usd is not None else ""))
+            ev["cost_usd_month_with_fix"] = round(usd) if usd is not None else None
+        return violated(message, **ev)
     return passed(f"weights {_gib(cap.weights_bytes_per_gpu)} per GPU, KV cache {_gib(cap.kv_cache_bytes_per_gpu)} "
                   "per GPU", **ev)
 
@@ -106,8 +119,15 @@ def slo_feasible(ctx):
         return violated("no replica count meets the SLO at 1×: a single request already misses it", **ev)
     available = ctx.d.hardware.replicas.max if ctx.d.hardware.replicas else None
     if available is not None and point.replicas_needed > available:
+        # Raising replicas.max to what the SLO needs, against running at most `available` replicas all day.
+        from forge.hardware import get
+        from forge.readiness.capacity import HOURS_PER_MONTH, price_per_gpu_hour
+
+        extra_gpus = (point.replicas_needed - available) * ctx.d.hardware.gpus_per_replica
+        usd = round(extra_gpus * price_per_gpu_hour(ctx.d, get(ctx.d.hardware.gpu)) * HOURS_PER_MONTH)
         return violated(f"1× traffic needs {point.replicas_needed} replicas to meet the SLO, replicas.max is "
-                        f"{available}", "hardware.replicas.max", **ev)
+                        f"{available}; raising it costs up to ${usd:,.0f}/month more", "hardware.replicas.max",
+                        cost_delta_usd_month=usd, **ev)
     return passed(f"SLO met at 1× with {point.replicas_needed} replica(s)", **ev)
 
 
@@ -127,8 +147,12 @@ def kv_holds_batch(ctx):
                         "sequences", warn=True, max_concurrent_sequences=cap.max_concurrent_sequences)
     ev = {"max_num_seqs": max_seqs, "max_concurrent_sequences": cap.max_concurrent_sequences}
     if max_seqs > cap.max_concurrent_sequences:
-        return violated(f"max_num_seqs {max_seqs} but the KV cache holds only {cap.max_concurrent_sequences} "
-                        "p95-size sequences: expect preemptions under load", warn=True, **ev)
+        usd, wording = delta(ctx, {"engine.args.max_num_seqs": max(1, cap.max_concurrent_sequences)})
+        message = (f"max_num_seqs {max_seqs} but the KV cache holds only {cap.max_concurrent_sequences} p95-size "
+                   "sequences: expect preemptions under load")
+        if wording:
+            message += f"; max_num_seqs {max(1, cap.max_concurrent_sequences)} {wording}"
+        return violated(message, warn=True, cost_delta_usd_month=usd, **ev)
     return passed(f"KV cache holds {cap.max_concurrent_sequences} p95-size sequences ≥ max_num_seqs", **ev)
 
 
@@ -209,6 +233,14 @@ def headroom_3x(ctx):
         return not_applicable("needs replicas, traffic, SLO and a 3× growth point")
     ev = {"replicas_max": ctx.d.hardware.replicas.max, "replicas_needed_3x": point.replicas_needed}
     if point.replicas_needed > ctx.d.hardware.replicas.max:
-        return violated(f"3× traffic needs {point.replicas_needed} replicas, replicas.max is "
-                        f"{ctx.d.hardware.replicas.max}", warn=True, **ev)
+        # What the fleet costs once traffic is 3×, against today's 1× (the model's own figures).
+        one = s.growth(ctx, 1.0)
+        usd = None
+        if one is not None and one.cost_per_hour is not None and point.cost_per_hour is not None:
+            usd = round((point.cost_per_hour - one.cost_per_hour) * 730)
+        message = (f"3× traffic needs {point.replicas_needed} replicas, replicas.max is "
+                   f"{ctx.d.hardware.replicas.max}")
+        if usd is not None:
+            message += f"; at 3× the fleet costs ${usd:,.0f}/month more than today"
+        return violated(message, warn=True, cost_delta_usd_month=usd, **ev)
     return passed("replicas.max covers 3× traffic", **ev)
