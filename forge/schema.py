@@ -309,12 +309,36 @@ class TokenProfile(Strict):
         return self
 
 
+class ArrivalProcess(Strict):
+    """How requests arrive, for the capacity model's simulation (docs/capacity.md)."""
+
+    process: Literal["poisson", "gamma", "trace"] = "poisson"
+    cv: float | None = Field(None, ge=0, le=20, description="gamma: coefficient of variation of inter-arrival gaps "
+                             "(1 = Poisson, above 1 = bursty), as `forge load run --burstiness`.")
+    trace: str | None = Field(None, description="trace: an Azure LLM trace CSV (TIMESTAMP,ContextTokens,"
+                              "GeneratedTokens) or Forge trace JSONL, relative to the deploy file.")
+
+    @model_validator(mode="after")
+    def _parameters(self) -> "ArrivalProcess":
+        if self.process == "gamma" and self.cv is None:
+            raise located("process gamma needs cv (e.g. cv: 2 for bursty traffic; 1 is Poisson)", "cv")
+        if self.process != "gamma" and self.cv is not None:
+            raise located(f"cv applies to process gamma only, not {self.process} — drop cv or set process: gamma",
+                          "cv")
+        if self.process == "trace" and not self.trace:
+            raise located("process trace needs trace: a path to an Azure-schema CSV or a Forge trace JSONL", "trace")
+        if self.process != "trace" and self.trace:
+            raise located(f"trace applies to process trace only, not {self.process} — set process: trace", "trace")
+        return self
+
+
 class Traffic(Strict):
     requests_per_second: RateProfile | None = None
     prompt_tokens: TokenProfile | None = None
     output_tokens: TokenProfile | None = None
     prefix_cache_hit_rate: float | None = Field(None, ge=0, le=1, description="Expected share of prompt tokens served from prefix cache.")
     growth: list[float] = Field(default_factory=lambda: [1.0, 3.0, 10.0], min_length=1)
+    arrival: ArrivalProcess | None = Field(None, description="Arrival process; Poisson when absent.")
 
     @field_validator("growth")
     @classmethod
@@ -330,6 +354,9 @@ class SLO(Strict):
     e2e_p95_seconds: float | None = Field(None, gt=0, le=86_400)
     availability: float | None = Field(None, gt=0, lt=1, description="Target success ratio, e.g. 0.999.")
     window_days: int = Field(30, gt=0, le=365)
+    cost_budget_usd_per_1m_output_tokens: float | None = Field(
+        None, gt=0, le=1_000_000, description="Most the deployment may spend, in USD of GPU time per million output "
+        "tokens over an hour; ForgeCostPerMillionTokensOverBudget fires above it.")
 
 
 # ---------------------------------------------------------------- rollout
