@@ -21,6 +21,7 @@ from prometheus_client.utils import floatToGoString
 
 from forge.catalog import DEFAULT_BY, Catalog, DerivedSignal, get_catalog
 from forge.errors import InputError
+from forge.exporters.cost import RECORDING_RULES as COST_RECORDING_RULES
 
 # Default base of runbook_url; every alert's URL is <base><AlertName>.md (override: --runbook-base-url).
 DEFAULT_RUNBOOK_BASE_URL = "https://github.com/forge-inference/forge/blob/main/runbooks/"
@@ -72,6 +73,8 @@ class Settings:
     # Baselines the deployment expects; None = compare with the signal's own last day.
     expected_prefix_cache_hit_ratio: float | None = None
     expected_spec_acceptance_rate: float | None = None
+    # deploy.yaml's slo.cost_budget_usd_per_1m_output_tokens; None = compare with the exporter's budget series.
+    cost_budget_usd_per_1m_output_tokens: float | None = None
     group_prefix: str = "forge"
 
 
@@ -85,6 +88,7 @@ def settings_from_deployment(deployment: Any, **overrides: Any) -> Settings:
         slo=targets,
         expected_prefix_cache_hit_ratio=deployment.traffic.prefix_cache_hit_rate if deployment.traffic else None,
         expected_spec_acceptance_rate=spec.expected_acceptance_rate if spec else None,
+        cost_budget_usd_per_1m_output_tokens=slo.cost_budget_usd_per_1m_output_tokens if slo else None,
         # Group names tell files apart in Prometheus' rule view: `forge-reference-slo-alerts`, `forge-chat-...`.
         group_prefix=(deployment.metadata.name if deployment.metadata.name.startswith("forge")
                       else f"forge-{deployment.metadata.name}"),
@@ -544,6 +548,66 @@ def _gpu_alerts() -> list[AlertRule]:
     ]
 
 
+# ----------------------------------------------------------------------------------------------- cost
+
+COST_OVER_BUDGET_FOR = "30m"    # the recording already averages an hour; half an hour more of it is a trend, not
+                                # one quiet hour
+IDLE_WINDOW = "1h"              # an hour with no request running or finished: capacity nobody uses, not a lull
+IDLE_FOR = "15m"                # min_over_time reads less than an hour right after a Prometheus restart
+BUDGET_SERIES = "forge_cost_budget_usd_per_1m_output_tokens"
+COST_PER_1M_OUTPUT = "forge:cost_usd_per_1m_output_tokens"
+COST_BY = "team, cost_center, model"
+
+
+def _budget_words(budget: float | None) -> str:
+    return (f"{_num(budget)} USD per 1M output tokens (deploy.yaml slo.cost_budget_usd_per_1m_output_tokens)"
+            if budget is not None else f"per model from {BUDGET_SERIES} (the exporter exports deploy.yaml's)")
+
+
+def _cost_records() -> list[RecordingRule]:
+    """The cost views, defined once in forge/exporters/cost.py next to the series they read."""
+    return [RecordingRule(name, expr) for name, expr in COST_RECORDING_RULES.items()]
+
+
+def _cost_alerts(settings: Settings) -> list[AlertRule]:
+    budget = settings.cost_budget_usd_per_1m_output_tokens
+    # `< +Inf`: an hour without output tokens divides by zero; that replica's GPUs are ForgeIdleGPUWaste's case.
+    spend = f"({COST_PER_1M_OUTPUT} < +Inf)"
+    if budget is not None:
+        over = f"{spend}\n> {_num(budget)}"
+        budget_text = f"{_num(budget)} USD"
+    else:
+        # One generic file for every deployment: each model's budget comes with its cost series.
+        over = f"{spend}\n> on ({COST_BY})\nmax by ({COST_BY}) ({BUDGET_SERIES})"
+        budget_text = (f'{{{{ with printf "max({BUDGET_SERIES}{{model=%q}})" $labels.model | query }}}}'
+                       f'{{{{ . | first | value | printf "%.2f" }}}}{{{{ end }}}} USD')
+    return [
+        AlertRule(
+            alert="ForgeCostPerMillionTokensOverBudget", severity="ticket", for_=COST_OVER_BUDGET_FOR,
+            expr=over,
+            summary="GPU cost of {{ $labels.model }} (team {{ $labels.team }}) is "
+                    "{{ $value | printf \"%.2f\" }} USD per 1M output tokens, over budget",
+            description="Over the last hour the GPUs of {{ $labels.model }} cost {{ $value | printf \"%.2f\" }} USD "
+                        f"per million output tokens, above the budget of {budget_text} "
+                        f"(deploy.yaml slo.cost_budget_usd_per_1m_output_tokens), for {COST_OVER_BUDGET_FOR}. "
+                        "Either traffic fell below what the replicas are sized for, or each token got dearer "
+                        "(longer outputs, a slower engine, a pricier GPU).",
+        ),
+        AlertRule(
+            alert="ForgeIdleGPUWaste", severity="ticket", for_=IDLE_FOR,
+            expr=(f"(\n  min_over_time(forge:idle_gpus[{IDLE_WINDOW}]) > 0\n"
+                  f"  unless on (replica)\n"
+                  f"  sum by (replica) (increase(forge_requests_total[{IDLE_WINDOW}])) > 0\n)\n"
+                  f"* on (replica) group_left ()\nmax by (replica) (forge_gpu_price_usd_per_hour)"),
+            summary="Replica {{ $labels.replica }} (team {{ $labels.team }}) served nothing for "
+                    f"{IDLE_WINDOW}: {{{{ $value | printf \"%.2f\" }}}} USD per hour of idle GPUs",
+            description=f"No request ran on or finished at {{{{ $labels.replica }}}} for {IDLE_WINDOW}, yet its GPUs "
+                        "are paid for: {{ $value | printf \"%.2f\" }} USD per hour wasted (idle GPUs x price per "
+                        "GPU-hour; cost center {{ $labels.cost_center }}). Scale it in, or route traffic to it.",
+        ),
+    ]
+
+
 # ----------------------------------------------------------------------------------------------- assembly
 
 def build_rules(settings: Settings | None = None, catalog: Catalog | None = None) -> RuleSet:
@@ -555,6 +619,8 @@ def build_rules(settings: Settings | None = None, catalog: Catalog | None = None
         *_slo_groups(settings, notes, catalog),
         RuleGroup(f"{settings.group_prefix}-engine-alerts", _engine_alerts(settings, catalog)),
         RuleGroup(f"{settings.group_prefix}-gpu-alerts", _gpu_alerts()),
+        RuleGroup(f"{settings.group_prefix}-cost", _cost_records()),
+        RuleGroup(f"{settings.group_prefix}-cost-alerts", _cost_alerts(settings)),
     ]
     names = [a.alert for g in groups for a in g.rules if isinstance(a, AlertRule)]
     assert len(names) == len(set(names)), "alert names must be unique (one runbook page each)"
@@ -586,6 +652,7 @@ def render(rules: RuleSet, source: str) -> str:
         "# Reads only canonical Forge signals (docs/signals.md); runbooks in runbooks/<AlertName>.md.",
         f"# SLOs: ttft_p95_seconds={slo.ttft_p95_seconds} itl_p95_seconds={slo.itl_p95_seconds} "
         f"availability={slo.availability} window_days={slo.window_days}",
+        f"# Cost budget: {_budget_words(rules.settings.cost_budget_usd_per_1m_output_tokens)}",
         *[f"# Note: {n}" for n in rules.notes],
     ]
     return "\n".join(header) + "\n" + yaml.dump(body, Dumper=_Dumper, sort_keys=False, width=4096,

@@ -154,6 +154,7 @@ class Cost:
     accelerator: str
     capacity: str
     price_source: str   # "deploy.yaml", "exporter.yaml" or "catalog default"
+    budget_usd_per_1m_output_tokens: float | None = None   # deploy.yaml slo.cost_budget_usd_per_1m_output_tokens
 
 
 @dataclass(frozen=True)
@@ -235,8 +236,9 @@ def _cost_for(deploy: Any | None, override: CostModel | None, where: str) -> Cos
                          f"deploy.yaml hardware.gpus_per_replica")
     if not math.isfinite(price):
         raise InputError(f"{where}: cost.price_per_gpu_hour: not a finite number")
+    budget = deploy.slo.cost_budget_usd_per_1m_output_tokens if deploy is not None and deploy.slo else None
     return Cost(price_per_gpu_hour=price, gpus=gpus, accelerator=accelerator or "unknown", capacity=capacity,
-                price_source=source)
+                price_source=source, budget_usd_per_1m_output_tokens=budget)
 
 
 def _deploy_labels(deploy: Any) -> dict[str, str]:

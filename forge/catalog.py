@@ -30,7 +30,9 @@ from forge.errors import InputError
 CATALOG_PATH = Path(__file__).parent / "data" / "signals.yaml"
 
 SIGNAL_TYPES = ("counter", "gauge", "histogram")
-SCOPES = ("engine", "gpu", "exporter")
+SCOPES = ("engine", "gpu", "exporter", "cost")
+# Scopes whose series the Forge exporter itself writes (no engine source maps onto them).
+FORGE_WRITTEN_SCOPES = ("exporter", "cost")
 AGGREGATES = ("sum", "max")
 # Labels every canonical engine series carries; nothing else may claim these names.
 BASE_LABELS = ("engine", "model", "replica")
@@ -245,13 +247,13 @@ def _load_signal(name: str, raw: Mapping[str, Any], dialects: Mapping[str, Diale
     if aggregate not in AGGREGATES or (kind != "gauge" and aggregate != "sum"):
         raise CatalogError(f"{where}: aggregate {aggregate!r} — counters and histograms only add up (sum)")
     # Prometheus naming: counters end in _total, and engine-scope latency histograms carry their base unit.
-    if scope in ("engine", "exporter") and kind == "counter" and not name.endswith("_total"):
+    if scope != "gpu" and kind == "counter" and not name.endswith("_total"):
         raise CatalogError(f"{where}: a counter's name must end in _total")
-    if scope in ("engine", "exporter") and not name.startswith("forge_"):
-        raise CatalogError(f"{where}: canonical engine and exporter signals are named forge_*")
-    # Exporter signals are the exporter's own series (scrape health, build): nothing maps onto them.
-    if scope == "exporter" and (raw.get("sources") or raw.get("unavailable") or not raw.get("provided_by")):
-        raise CatalogError(f"{where}: an exporter signal has no sources/unavailable and names its provided_by")
+    if scope != "gpu" and not name.startswith("forge_"):
+        raise CatalogError(f"{where}: canonical engine, exporter and cost signals are named forge_*")
+    # Exporter and cost signals are the exporter's own series (scrape health, build, price): nothing maps onto them.
+    if scope in FORGE_WRITTEN_SCOPES and (raw.get("sources") or raw.get("unavailable") or not raw.get("provided_by")):
+        raise CatalogError(f"{where}: an {scope} signal has no sources/unavailable and names its provided_by")
     labels = tuple(raw.get("labels") or ())
     clash = set(labels) & set(BASE_LABELS)
     if clash:
@@ -379,6 +381,15 @@ def render_markdown(catalog: Catalog | None = None) -> str:
     if exporter:
         out += ["", "## Exporter signals", "", "| Signal | Type | Meaning | Provided by |", "|---|---|---|---|"]
         out += [f"| `{s.name}` | {s.type} | {_md(s.help)} | {_md(s.provided_by)} |" for s in exporter]
+    cost = cat.signals_in_scope("cost")
+    if cost:
+        out += ["", "## Cost signals", "",
+                "Written by the exporter's cost collector (forge/exporters/cost.py) for every replica with a known "
+                "price; labels `replica`, `model`, `team`, `cost_center` plus those listed. The cost recording "
+                "rules and alerts (alerts/README.md) read them with the engine counters.", "",
+                "| Signal | Type | Unit | Meaning | Provided by |", "|---|---|---|---|---|"]
+        out += [f"| `{s.name}`" + (f" `{{{', '.join(s.labels)}}}`" if s.labels else "")
+                + f" | {s.type} | {s.unit} | {_md(s.help)} | {_md(s.provided_by)} |" for s in cost]
     out += ["", "## GPU signals (DCGM field names)", "",
             "Names and labels are dcgm-exporter's, so dashboards work the same with a dcgm-exporter sidecar or "
             "Forge's NVML collector. Labels: " + ", ".join(f"`{l}`" for l in cat.gpu_labels) + ".", "",

@@ -15,6 +15,9 @@ from forge.alerts.cli import app, generate_file, rules_file_name
 from forge.alerts.generate import (SRE_WORKBOOK_WINDOWS, Settings, SloTargets, build_rules,
                                    burn_factor, burn_windows, slo_bucket)
 from forge.errors import InputError
+from forge.exporters.config import Cost, Target, settings_from_deploy
+from forge.exporters.cost import RECORDING_RULES, CostCollector
+from forge.exporters.normalize import render_families
 from forge.loader import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +140,11 @@ def test_every_derived_signal_has_a_recording_rule_built_from_its_catalog_templa
 
 
 def test_recording_rule_names_are_level_metric_operations():
+    # The cost views keep the names they have had since the cost collector defined them (docs/exporter.md and
+    # the cost dashboard cite them); every rule the generator names itself follows `level:metric:operations`.
     for rule in build_rules().records():
+        if rule.record in RECORDING_RULES:
+            continue
         assert re.fullmatch(r"(replica|model):[a-z][a-z0-9_]*:[a-z0-9_]+", rule.record), rule.record
     records = {r.record for r in build_rules().records()}
     assert "model:forge_ttft_seconds:p95_5m" in records
@@ -204,6 +211,56 @@ def test_reference_stack_rules_use_its_slos_and_expected_prefix_hit_ratio():
     assert rules["ForgePrefixCacheHitRatioDrop"]["expr"].rstrip().endswith("< 0.5 * 0.3")
     generic = {r.get("alert"): r for r in _rule_file(COMMITTED[None])}
     assert "avg_over_time" in generic["ForgePrefixCacheHitRatioDrop"]["expr"].split("<")[1]
+
+
+# ----------------------------------------------------------------------------------------------- cost
+
+def test_cost_group_is_the_cost_collectors_recording_rules_verbatim():
+    for path in COMMITTED.values():
+        groups = {g["name"]: g["rules"] for g in yaml.safe_load(path.read_text())["groups"]}
+        cost = [name for name in groups if name.endswith("-cost")]
+        assert len(cost) == 1, path.name
+        assert {r["record"]: r["expr"] for r in groups[cost[0]]} == RECORDING_RULES
+        assert {r["alert"] for r in groups[cost[0] + "-alerts"]} == {"ForgeCostPerMillionTokensOverBudget",
+                                                                      "ForgeIdleGPUWaste"}
+
+
+def test_catalog_cost_scope_is_exactly_what_the_cost_collector_serves():
+    cost = Cost(2.0, 4, "H100-SXM-80GB", "on-demand", "deploy.yaml", budget_usd_per_1m_output_tokens=3.5)
+    collector = CostCollector([Target(url="http://127.0.0.1:1/m", name="r0", model="m", cost=cost)])
+    page = render_families(collector.families())
+    types = dict(line.split(" ", 3)[2:] for line in page.splitlines() if line.startswith("# TYPE "))
+    helps = dict(line.split(" ", 3)[2:] for line in page.splitlines() if line.startswith("# HELP "))
+    scope = {s.name: s for s in CAT.signals_in_scope("cost")}
+    assert set(types) == set(scope)
+    for name, signal in scope.items():
+        assert (types[name], helps[name]) == (signal.type, signal.help), name
+    assert "forge_cost_budget_usd_per_1m_output_tokens" in page and " 3.5" in page
+    # Without a budget in deploy.yaml there is no budget series (rather than a made-up one).
+    plain = CostCollector([Target(url="http://127.0.0.1:1/m", name="r0", model="m",
+                                  cost=Cost(2.0, 4, "H100-SXM-80GB", "on-demand", "deploy.yaml"))])
+    assert "forge_cost_budget" not in render_families(plain.families())
+
+
+def test_the_exporter_takes_the_budget_from_deploy_yaml():
+    settings = settings_from_deploy(REFERENCE_DEPLOY, ["http://127.0.0.1:8000/metrics"], gpu_mode="off")
+    budget = load(REFERENCE_DEPLOY).deployment.slo.cost_budget_usd_per_1m_output_tokens
+    assert budget == 2.0
+    assert settings.targets[0].cost.budget_usd_per_1m_output_tokens == budget
+
+
+def test_cost_budget_is_a_number_from_deploy_yaml_or_the_budget_series_without_one():
+    deploy = load(REFERENCE_DEPLOY).deployment
+    with_budget = {a.alert: a for a in build_rules(generate.settings_from_deployment(deploy)).alerts()}
+    over = with_budget["ForgeCostPerMillionTokensOverBudget"]
+    assert over.expr == "(forge:cost_usd_per_1m_output_tokens < +Inf)\n> 2" and over.severity == "ticket"
+    assert "budget of 2 USD" in over.description
+    generic = {a.alert: a for a in build_rules().alerts()}["ForgeCostPerMillionTokensOverBudget"]
+    assert "max by (team, cost_center, model) (forge_cost_budget_usd_per_1m_output_tokens)" in generic.expr
+    assert "query" in generic.description   # the budget's live value, looked up for the model
+    idle = with_budget["ForgeIdleGPUWaste"]
+    assert idle.severity == "ticket" and "USD per hour wasted" in idle.description
+    assert "forge_gpu_price_usd_per_hour" in idle.expr and "forge:idle_gpus" in idle.expr
 
 
 # ----------------------------------------------------------------------------------------------- CLI
