@@ -8,7 +8,8 @@ Mapping (docs/exporter.md has the table and a decoded example):
 - Names, units and constant attributes come from the catalog's `otel` block (GenAI semantic conventions, e.g.
   forge_ttft_seconds -> gen_ai.server.time_to_first_token, unit s). A catalog signal without one is exported as
   `forge.<name without forge_ and _total>` (forge_itl_seconds -> forge.itl_seconds) with its unit in UCUM, so
-  nothing on the Prometheus page is missing from OTLP. GPU (DCGM) and cost series stay Prometheus-only.
+  nothing on the Prometheus page is missing from OTLP; GPU fields as forge.gpu.<field> (e.g. forge.gpu.gpu_util),
+  cost series as forge.cost_usd, forge.gpu_price_usd_per_hour, ...
 - Counters -> cumulative monotonic sums; gauges -> gauges; histograms -> cumulative explicit-bucket histograms
   with the engine's own bucket bounds (re-bucketing would invent counts).
 - Every Prometheus label becomes a data-point attribute (engine, model, replica, team, cost_center, ...), plus
@@ -60,8 +61,13 @@ BACKOFF_BASE_SECONDS = 1.0
 MAX_RETRY_DELAY_SECONDS = 60.0      # a Retry-After beyond this is cut: the next push carries the same totals
 SCOPE_NAME = "forge.exporters"
 # Catalog units -> UCUM (OpenTelemetry's unit syntax); anything else becomes an annotation, "{drafts}".
-_UCUM = {"seconds": "s", "ratio": "1", "boolean": "1", "info": "1", "bytes": "By", "percent": "%"}
+_UCUM = {"seconds": "s", "ratio": "1", "boolean": "1", "info": "1", "bytes": "By", "percent": "%", "MiB": "MiBy",
+         "watts": "W", "millijoules": "mJ", "celsius": "Cel", "MHz": "MHz", "microseconds": "us", "USD": "{USD}",
+         "USD per GPU-hour": "{USD}/h"}
 _UCUM_ANNOTATION = {"tokens": "{token}", "requests": "{request}"}
+# GPU fields keep dcgm-exporter's names on the Prometheus side; in OTLP they read forge.gpu.<field>.
+_DCGM_PREFIX = "DCGM_FI_DEV_"
+PUSHED_SCOPES = ("engine", "exporter", "gpu", "cost")
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ def otel_name(signal: Signal) -> str:
     """The catalog's OpenTelemetry name, or `forge.<name>` (documented fallback) for signals without one."""
     if signal.otel_name:
         return signal.otel_name
+    if signal.name.startswith(_DCGM_PREFIX):
+        return "forge.gpu." + signal.name.removeprefix(_DCGM_PREFIX).lower()
     return "forge." + signal.name.removeprefix("forge_").removesuffix("_total")
 
 
@@ -106,9 +114,9 @@ def otel_unit(signal: Signal) -> str:
 
 
 def exported_signals(catalog: Catalog | None = None) -> dict[str, Signal]:
-    """Catalog signals the push carries: engine and exporter scope (GPU series keep their DCGM names elsewhere)."""
+    """Catalog signals the push carries: every scope the exporter serves (engine, exporter, GPU, cost)."""
     cat = catalog or get_catalog()
-    return {name: s for name, s in cat.signals.items() if s.scope in ("engine", "exporter")}
+    return {name: s for name, s in cat.signals.items() if s.scope in PUSHED_SCOPES}
 
 
 def _attr(key: str, value: str) -> KeyValue:
@@ -148,7 +156,7 @@ def build_request(families: Iterable[CanonicalFamily], *, start_times: StartTime
                   ) -> tuple[ExportMetricsServiceRequest, int]:
     """Canonical families -> one ExportMetricsServiceRequest and its number of data points.
 
-    Families not in the catalog's engine/exporter scope (cost, DCGM) are left out. Signals sharing one
+    Families the catalog does not know are left out. Signals sharing one
     OpenTelemetry name (prompt and generation tokens -> gen_ai.client.token.usage) become one metric whose data
     points differ by the catalog's constant attributes (gen_ai.token.type).
     """

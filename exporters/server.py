@@ -103,7 +103,7 @@ class ExporterService:
                 into = merged.setdefault(name, CanonicalFamily(name, family.type, family.help))
                 for key, value in family.series.items():
                     into.series.setdefault(key, value)
-        dynamic = self.engines.self_families()
+        dynamic = self.engines.self_families() + self.cost.families()
         if self.gpu is not None:
             dynamic += self.gpu.families()
         if self.otlp is not None:

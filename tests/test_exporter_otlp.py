@@ -132,8 +132,11 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
+PRICE = Cost(price_per_gpu_hour=2.0, gpus=1, accelerator="probe", capacity="on-demand", price_source="probe")
+
+
 def settings(sim: str, otlp_endpoint: str, **otlp) -> ExporterSettings:
-    target = Target(url=f"{sim}/metrics", name="sim-0", engine="vllm", model="tiny", labels=LABELS)
+    target = Target(url=f"{sim}/metrics", name="sim-0", engine="vllm", model="tiny", labels=LABELS, cost=PRICE)
     return ExporterSettings(targets=[target], listen_port=0, timeout_seconds=5, interval_seconds=0.2,
                             otlp=OtlpSettings(endpoint=otlp_endpoint + "/v1/metrics",
                                               headers={"Authorization": SECRET}, **otlp))
@@ -233,9 +236,14 @@ def test_otlp_payload_matches_the_prometheus_page_and_counters_stay_cumulative(s
     tokens = {attrs(p)["gen_ai.token.type"] for p in points(metrics["gen_ai.client.token.usage"])}
     assert tokens == {"input", "output"}
     assert "forge.spec_decode_accepted_tokens_per_position" in metrics
-    # exporter self-metrics ride along under forge.* names; DCGM and cost series do not
+    # exporter self-metrics and the cost series ride along under forge.* names
     assert metrics["forge.engine_up"].gauge.data_points[0].as_double == 1.0
-    assert not any(name.startswith(("DCGM", "forge.cost", "forge.gpu_price")) for name in metrics)
+    spend = metrics["forge.cost_usd"]
+    assert (spend.unit, spend.WhichOneof("data"), spend.sum.is_monotonic) == ("{USD}", "sum", True)
+    assert {k: attrs(points(spend)[0])[k] for k in ("replica", *LABELS)} == {"replica": "sim-0", **LABELS}
+    assert points(metrics["forge.gpu_price_usd_per_hour"])[0].as_double == 2.0
+    assert metrics["forge.gpu_price_usd_per_hour"].unit == "{USD}/h"
+    assert not any(name.startswith("DCGM") for name in metrics)
 
     # Two pushes: every cumulative point keeps its start time and never goes down; output tokens grew.
     later = metrics_of(receiver.received[1].request)
@@ -252,6 +260,28 @@ def test_otlp_payload_matches_the_prometheus_page_and_counters_stay_cumulative(s
     output = lambda m: next(p.as_double for p in points(m["gen_ai.client.token.usage"])   # noqa: E731
                             if attrs(p)["gen_ai.token.type"] == "output")
     assert output(later) == output(metrics) + 16
+
+
+def test_gpu_fields_are_pushed_under_forge_gpu_names_with_their_units():
+    from forge.exporters.normalize import CanonicalFamily
+    from forge.exporters.otlp import StartTimes, build_request
+
+    gpu = (("gpu", "0"), ("modelName", "NVIDIA H100 80GB HBM3"), ("Hostname", "node-1"))
+    families = [CanonicalFamily("DCGM_FI_DEV_GPU_UTIL", "gauge", "util", {gpu: 87.0}),
+                CanonicalFamily("DCGM_FI_DEV_FB_USED", "gauge", "fb", {gpu: 70_000.0}),
+                CanonicalFamily("DCGM_FI_DEV_POWER_USAGE", "gauge", "power", {gpu: 512.5}),
+                CanonicalFamily("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "counter", "ecc", {gpu: 0.0})]
+    request, count = build_request(families, start_times=StartTimes(1), now_ns=2)
+    metrics = metrics_of(request)
+    assert count == 4
+    expected = {"forge.gpu.gpu_util": ("%", 87.0), "forge.gpu.fb_used": ("MiBy", 70_000.0),
+                "forge.gpu.power_usage": ("W", 512.5)}
+    for name, (unit, value) in expected.items():
+        (point,) = points(metrics[name])
+        assert (metrics[name].unit, point.as_double, attrs(point)["modelName"]) == (unit, value, "NVIDIA H100 80GB HBM3")
+    ecc = metrics["forge.gpu.ecc_dbe_vol_total"]
+    kind = CAT.signals["DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"].type
+    assert ecc.WhichOneof("data") == {"counter": "sum", "gauge": "gauge"}[kind]
 
 
 def test_a_503_with_retry_after_is_retried_and_counted(sim, receiver):
