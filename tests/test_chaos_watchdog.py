@@ -160,7 +160,7 @@ def test_loop_detects_a_live_hang_within_stall_plus_two_polls():
             httpx.post(url + "/_forge/faults", json={"mode": "hang"}).raise_for_status()
             injected = time.monotonic()
             hung = _wait_for(lambda: [t for t in transitions if t.state == HUNG], timeout_s=stall + 5)[0]
-            assert hung.at - injected <= stall + 2 * poll + 0.3  # + scrape time
+            assert hung.at - injected <= stall + 2 * poll + 1.0  # + scrape time, with room for a loaded CI machine
             assert hung.at - injected >= stall - poll            # not before the stall could have elapsed
             httpx.post(url + "/_forge/faults", json={"mode": "none"}).raise_for_status()
             healthy = _wait_for(lambda: [t for t in transitions if t.state == HEALTHY], timeout_s=5)[0]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+from helpers import wait_for
 import pytest
 
 from forge.reference_stack.simulator import serve
@@ -320,7 +321,8 @@ def test_crash_fails_the_engine_until_none_and_ends_open_streams_with_an_error()
         worker = threading.Thread(target=lambda: result.update(stream=stream_completion(
             url, {"prompt": prompt_of(16), "max_tokens": 500, "ignore_eos": True})))
         worker.start()
-        time.sleep(0.1)
+        # Crash only once the stream is running: on a loaded machine 0.1 s was not always enough to get there.
+        assert wait_for(lambda: value(metrics(client), "vllm:num_requests_running") == 1, 10, 0.02)
         client.post("/_forge/faults", json={"mode": "crash"})
         worker.join(timeout=10)
         _, events, _ = result["stream"]
