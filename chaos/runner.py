@@ -18,7 +18,11 @@ Two labs, chosen by `configuration.lab`:
   (false), `simulator_options` ({max_num_seqs: 8, ...}: simulator flags), `shutdown_timeout_seconds` (the
   engines' --shutdown-timeout; null = the engine's default 0; `fit-notice` = notice_seconds − safety_margin_seconds,
   see forge.chaos.spot), `model_dir` (vllm), `weights` (HAProxy weight per replica, default 100 each),
-  `load_rate` (requests/s through the gateway; default load_rate_per_replica x replicas).
+  `load_rate` (requests/s through the gateway; default load_rate_per_replica x replicas), `tp` (vllm tensor
+  parallel size), `vllm_args` (extra vLLM flags), `alert_rules` ({ForgeEngineDown: {for: 1s}}: the committed
+  rules with these alerts shortened, see short_rule_copy), `supervisor` (forge.chaos.supervisor options, {} for
+  defaults: replicas that exit, fail /health, hang or get a GPU alert are drained, restarted and put back;
+  `lab.supervisor`).
   Variables: `gateway_url`, `prometheus_url`, `alertmanager_url`, `haproxy_socket`, `replica_N_url`,
   `replica_N_server` (its HAProxy server name, s0, s1, ...), `replica_N_pid`.
 
@@ -65,7 +69,7 @@ from forge.load.runner import is_loopback_url
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
 # Experiments call Forge's activities, never arbitrary code.
-ALLOWED_MODULES = ("forge.chaos.actions", "forge.chaos.spot", "forge.chaos.rollout")
+ALLOWED_MODULES = ("forge.chaos.actions", "forge.chaos.spot", "forge.chaos.rollout", "forge.chaos.supervisor")
 ENGINE_START_TIMEOUT_S = 20.0
 LAB_KINDS = ("replicas", "stack")
 STACK_ENGINES = {"simulator": "sim", "vllm": "vllm"}
@@ -195,6 +199,36 @@ def simulator_flags(options: dict[str, Any]) -> list[str]:
     return flags
 
 
+def short_rule_copy(rules_path: Path, overrides: dict[str, Any], out: Path) -> Path:
+    """The committed rule file with some alerts shortened, so a lab sees them in seconds instead of minutes:
+    {ForgeEngineDown: {for: 1s}, ForgeEngineHung: {for: 1s, window: 6s}} — `window` replaces every range selector
+    ([2m]) of the expression. Same names, expressions otherwise unchanged."""
+    if not isinstance(overrides, dict):
+        raise InputError("configuration.alert_rules: a mapping of alert name to {for: 1s, window: 6s}")
+    rules = yaml.safe_load(Path(rules_path).read_text())
+    found = set()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            change = overrides.get(rule.get("alert"))
+            if change is None:
+                continue
+            found.add(rule["alert"])
+            unknown = set(change or {}) - {"for", "window"}
+            if unknown:
+                raise InputError(f"configuration.alert_rules.{rule['alert']}: unknown key(s) "
+                                 f"{', '.join(sorted(unknown))} — use for and window")
+            if "for" in change:
+                rule["for"] = str(change["for"])
+            if "window" in change:
+                rule["expr"] = re.sub(r"\[[0-9]+[smhd]\]", f"[{change['window']}]", rule["expr"])
+    missing = sorted(set(overrides) - found)
+    if missing:
+        raise InputError(f"configuration.alert_rules: no alert {', '.join(missing)} in {rules_path} — use names "
+                         "of its alerts")
+    out.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return out
+
+
 class StackReplica:
     """One engine of the reference stack the lab started (component engine-sN, HAProxy server sN).
 
@@ -309,6 +343,7 @@ class Lab:
         self.watchdog_loop: WatchdogLoop | None = None
         self._remediation: threading.Thread | None = None
         self._closers: list[Callable[[], Any]] = []
+        self.supervisor = None      # forge.chaos.supervisor.Supervisor, with configuration.supervisor (stack lab)
         # Stack lab only.
         self.stack = None           # forge.reference_stack.stack.StackState
         self.gateway = None         # forge.reference_stack.stack.Gateway on the stack's admin socket
@@ -342,7 +377,16 @@ class Lab:
             evaluation_interval_s=int(c.get("scrape_interval_seconds", 1)),
             check_interval_ms=int(c.get("check_interval_ms", STACK_CHECK_INTERVAL_MS)),
             sim_args=simulator_flags(dict(c.get("simulator_options") or {})),
-            shutdown_timeout_s=timeout, weights=c.get("weights"))  # e.g. [100, 0]: a canary with no traffic yet
+            shutdown_timeout_s=timeout,
+            weights=c.get("weights"),  # e.g. [100, 0]: a canary with no traffic yet
+            balance=str(c.get("balance", "leastconn")))  # roundrobin: weights are traffic shares
+        if c.get("tp"):
+            plan.tp = int(c["tp"])
+        if c.get("vllm_args"):  # e.g. [--enforce-eager]: no torch.compile, a start a minute shorter on CPU
+            plan.vllm_args = [str(a) for a in c["vllm_args"]]
+        if c.get("alert_rules"):  # the committed rules, some with a short `for`/window so alerts come in seconds
+            plan.rule_files = [short_rule_copy(stack_lib.DEFAULT_RULES, c["alert_rules"],
+                                               self.state_dir / "lab-rules.yaml")]
         if c.get("model_dir"):
             plan.model_dir = Path(c["model_dir"])
         started = time.monotonic()
@@ -435,22 +479,38 @@ class Lab:
     # ---- watchdog
     def start_watchdog(self) -> None:
         targets = [WatchTarget(r.name, metrics_url(r.url)) for r in self.replicas]
+        # scrape_timeout_seconds: a failed scrape resets the stall clock, so a CPU-starved engine needs a longer one.
         self.watchdog_loop = WatchdogLoop(targets, self.watchdog, on_transition=self._on_transition,
-                                          poll_interval_s=float(self.config.get("poll_interval_seconds", 1.0)))
+                                          poll_interval_s=float(self.config.get("poll_interval_seconds", 1.0)),
+                                          scrape_timeout_s=float(self.config.get("scrape_timeout_seconds", 2.0)))
         self.watchdog_loop.start()
 
     def _on_transition(self, transition: Transition) -> None:
         self.log(f"watchdog: {transition.replica} {transition.previous} -> {transition.state} ({transition.reason})")
+        if transition.state == HUNG and self.supervisor is not None:
+            # configuration.supervisor: it drains the replica at the gateway and restarts it (every hang, not only
+            # the first); the lab's own remediation stands aside.
+            self.supervisor.report_hung(transition.replica, transition.reason)
         if transition.state != HUNG or transition.replica in self.detected_at:
             return
         self.detected_at[transition.replica] = transition.at
         # The watchdog's remediation restarts the replica (no drain here, in either lab); the restart runs on its own
         # thread so the watchdog keeps watching the other replicas meanwhile.
-        if self.config.get("remediation", "restart") == "restart":
+        if self.supervisor is None and self.config.get("remediation", "restart") == "restart":
             self._remediation = threading.Thread(target=self._restart, args=(transition.replica,), daemon=True)
             self._remediation.start()
         else:
             self.remediation_done.set()
+
+    def start_supervisor(self) -> None:
+        """configuration.supervisor (stack lab; a mapping of forge.chaos.supervisor.OPTIONS, {} for the defaults):
+        restart replicas that exit, fail /health, are declared hung by the watchdog or get a GPU alert."""
+        if self.config.get("supervisor") is None:
+            return
+        from forge.chaos.supervisor import Supervisor
+
+        self.supervisor = Supervisor.for_lab(self, self.config["supervisor"]).start()
+        self.on_close(self.supervisor.stop)
 
     def _restart(self, name: str) -> None:
         started = time.monotonic()
@@ -614,6 +674,10 @@ def run_experiment(experiment: dict[str, Any], journal_path: Path | None = None,
                                                 or timeout < 0):
         raise InputError(f"configuration.shutdown_timeout_seconds {timeout!r}: use whole seconds >= 0 (vLLM's "
                          "--shutdown-timeout), fit-notice, or null for the engine's default")
+    if config.get("supervisor") is not None:
+        from forge.chaos.supervisor import check_options
+
+        check_options(config["supervisor"], lab_kind)
     journal = Journal(experiment={**experiment, "configuration": config})
     lab = Lab(config, journal, log=log)
     status = "completed"
@@ -621,6 +685,7 @@ def run_experiment(experiment: dict[str, Any], journal_path: Path | None = None,
         try:
             lab.start_engines()
             lab.start_watchdog()
+            lab.start_supervisor()
             lab.start_load()
             # Let the load reach every replica before judging the steady state.
             time.sleep(float(config.get("warmup_seconds", 1.0)))

@@ -122,6 +122,9 @@ class StackPlan:
     check_rise: int = 2
     weights: list[int] | None = None         # per replica (HAProxy weight, 0-256); default 100 each
     sim_args: list[str] = field(default_factory=list)   # extra simulator flags, e.g. ["--max-num-seqs", "8"]
+    vllm_args: list[str] = field(default_factory=list)  # extra vLLM flags, e.g. ["--enforce-eager"] (faster start)
+    # leastconn spreads long LLM streams evenly; roundrobin follows the weights exactly (a canary's traffic share).
+    balance: str = "leastconn"
     # vLLM's --shutdown-timeout (the simulator's --shutdown-timeout-s): on SIGTERM in-flight requests get this
     # long to finish; None = the engine's default (0: cut at once). A spot drain sizes it to fit the notice.
     shutdown_timeout_s: int | None = None
@@ -134,6 +137,8 @@ class StackPlan:
             problems.append(f"--replicas {self.replicas}: use 1 to 64")
         if not 1 <= self.tp <= 8:
             problems.append(f"--tp {self.tp}: use 1 to 8")
+        if self.balance not in ("leastconn", "roundrobin"):
+            problems.append(f"--balance {self.balance!r}: use leastconn or roundrobin")
         if self.engine == "sim" and self.tp != 1:
             problems.append("--tp applies to --engine vllm only (the simulator has no tensor parallelism)")
         if self.weights is not None and (len(self.weights) != self.replicas
@@ -376,7 +381,8 @@ def render_configs(plan: StackPlan, state_dir: Path, with_exporter: bool) -> dic
     files = {
         "haproxy": ("haproxy.cfg", env.get_template("haproxy.cfg.j2").render(
             host=HOST, socket=str((state_dir / "haproxy.sock").resolve()), gateway_port=p.gateway,
-            stats_port=p.haproxy_stats, backend=BACKEND, servers=engines, check_interval_ms=plan.check_interval_ms,
+            stats_port=p.haproxy_stats, backend=BACKEND, servers=engines, balance=plan.balance,
+            check_interval_ms=plan.check_interval_ms,
             fall=plan.check_fall, rise=plan.check_rise)),
         "prometheus": ("prometheus.yml", env.get_template("prometheus.yml.j2").render(
             scrape_interval=f"{plan.scrape_interval_s}s",
@@ -497,7 +503,7 @@ def _start_all(plan: StackPlan, state: StackState, configs: dict[str, Path], bin
         else:
             config = EngineConfig(model_dir=Path(plan.model_dir).resolve(), port=port, host=HOST,
                                   served_model_name="tiny", tensor_parallel_size=plan.tp, kv_cache_space_gib=1,
-                                  shutdown_timeout_s=plan.shutdown_timeout_s)
+                                  shutdown_timeout_s=plan.shutdown_timeout_s, extra_args=list(plan.vllm_args))
             engines.append(spawn(f"engine-{name}", "engine", config.command(), port, base, f"{base}/health",
                                  env=config.environment(), stop_grace_s=VLLM_STOP_GRACE_S))
     # The monitoring side starts while the engines warm up (vLLM takes a minute); they only need the ports.

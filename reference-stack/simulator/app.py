@@ -72,6 +72,8 @@ class Simulator:
         # HELP texts as in dcgm-exporter's default-counters.csv.
         Gauge("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered.", list(labels),
               registry=registry).labels(**labels).set_function(lambda: engine.xid)
+        Gauge("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total number of double-bit volatile ECC errors.", list(labels),
+              registry=registry).labels(**labels).set_function(lambda: engine.ecc_dbe)
         Gauge("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", list(labels),
               registry=registry).labels(**labels).set_function(lambda: self._gpu_util(engine))
         return registry

@@ -106,6 +106,7 @@ class SimEngine:
         self.slow_factor = 1.0
         self.error_rate = 0.0
         self.xid = 0
+        self.ecc_dbe = 0  # uncorrectable (double-bit) ECC errors, with the xid fault's ecc_dbe
         self.busy_s = 0.0  # time spent in steps, for the GPU-utilization gauge
         self._faults: dict[str, dict] = {}
         self._fault_timers: dict[str, asyncio.TimerHandle] = {}
@@ -432,6 +433,10 @@ class SimEngine:
             if not isinstance(xid, int) or xid <= 0:
                 raise FaultError(f"xid needs a positive XID code (e.g. 79: GPU fell off the bus); got {xid!r}")
             spec["xid"] = self.xid = xid
+            ecc_dbe = body.get("ecc_dbe", 0)
+            if not isinstance(ecc_dbe, int) or ecc_dbe < 0:
+                raise FaultError(f"ecc_dbe needs a count >= 0 of uncorrectable ECC errors; got {ecc_dbe!r}")
+            spec["ecc_dbe"] = self.ecc_dbe = ecc_dbe
         loop = asyncio.get_running_loop()
         if mode in self._fault_timers:
             self._fault_timers.pop(mode).cancel()
@@ -470,4 +475,4 @@ class SimEngine:
         elif mode == "error_rate":
             self.error_rate = 0.0
         elif mode == "xid":
-            self.xid = 0
+            self.xid = self.ecc_dbe = 0
