@@ -151,7 +151,7 @@ def assess_loaded(loaded: LoadedDeployment, as_of: dt.date | None = None) -> Ass
         verdict=result, score=total, dimensions=dimensions, findings=findings, as_of=ctx.as_of.isoformat(),
         verdict_reasons=reasons, capacity=capacity.to_dict() if capacity is not None else {},
         # The measurements the checks graded, for the reports' charts (cached: read once by the checks above).
-        evidence=evidence_summary(ctx.load_evidence[0], ctx.d.slo, getattr(ctx, "chaos_evidence", None)),
+        evidence=evidence_summary(ctx.load_evidence[0], ctx.d.slo, ctx.chaos_evidence),
     )
 
 
