@@ -385,7 +385,7 @@ def test_drain_agent_on_a_real_vllm_replica_loses_no_stream(tmp_path, endpoint):
     notice, margin = 60, 5
     model_dir = model_build.ensure_built(vllm_python(), REPO_ROOT / model_build.DEFAULT_MODEL_DIR)
     plan = stack.StackPlan(state_dir=tmp_path / "stack", engine="vllm", replicas=1, ports=stack.Ports.free(1),
-                           model_dir=model_dir, exporter=False, check_interval_ms=200,
+                           model_dir=model_dir, exporter=False, check_interval_ms=200, vllm_args=["--enforce-eager"],
                            shutdown_timeout_s=shutdown_timeout_for_notice(notice, 0, margin))
     agent = None
     try:
