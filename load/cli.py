@@ -184,9 +184,13 @@ async def _run_async(args: dict[str, Any]) -> tuple[list[dict], int, dict[str, A
                     await asyncio.sleep(PROGRESS_REFRESH_S)
 
             refresher = asyncio.create_task(refresh()) if display else None
+            cpu_before = time.process_time()
             try:
-                dispatched = await run_plan(plan, prompts, options, writer, stop=stop, stats=stats, client=client)
+                dispatched = await run_plan(plan, prompts, options, writer, stop=stop, stats=stats)
             finally:
+                # The client's own cost while sending (start-up and tokenizer calibration excluded), comparable
+                # across load generators: benchmarks/load_gen.py reports it per 1,000 requests.
+                run_cpu_s = time.process_time() - cpu_before
                 loop.remove_signal_handler(signal.SIGINT)
                 if refresher:
                     refresher.cancel()
@@ -197,6 +201,7 @@ async def _run_async(args: dict[str, Any]) -> tuple[list[dict], int, dict[str, A
                 "request_timeout_s": args["request_timeout"], "ignore_eos": args["ignore_eos"],
                 "shared_prefix_tokens": args["shared_prefix_tokens"], "prefix_groups": args["prefix_groups"],
                 "seed": args["seed"], "tokenizer": calibration.as_dict(), "interrupted": interrupted,
+                "client_cpu_s": round(run_cpu_s, 4),
                 "results": str(out)}
         return writer.records, dispatched, meta, interrupted
 

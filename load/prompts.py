@@ -30,6 +30,8 @@ UNIT_POOLS: tuple[tuple[str, ...], ...] = (
     tuple(" " + c for c in "abcdefghijklmnopqrstuvwxyz"),
     tuple("abcdefghijklmnopqrstuvwxyz"),
 )
+# A pool narrowed to one-token words (see calibrate) needs this many for random prompts to stay distinct.
+MIN_NARROWED_UNITS = 12
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,23 @@ def _mixed_sequence(units: tuple[str, ...], length: int, seed: int) -> str:
     return "".join(rng.choices(units, k=length))
 
 
+async def _single_token_units(client: httpx.AsyncClient, base_url: str, model: str, api: str,
+                              units: tuple[str, ...]) -> tuple[str, ...]:
+    """The units that add exactly one token, alone and repeated, with the same overhead as each other."""
+    by_overhead: dict[int, list[str]] = {}
+    for unit in units:
+        once = await count_tokens(client, base_url, model, api, unit)
+        twice = await count_tokens(client, base_url, model, api, unit * 2)
+        if twice - once == 1:
+            by_overhead.setdefault(once - 1, []).append(unit)
+    return tuple(max(by_overhead.values(), key=len)) if by_overhead else ()
+
+
 async def calibrate(client: httpx.AsyncClient, base_url: str, model: str, api: str) -> TokenizerCalibration:
     """Find a unit pool that the target tokenizes one token per unit, and the fixed overhead around a prompt."""
     notes: list[str] = []
-    for units in UNIT_POOLS:
+    pools = list(UNIT_POOLS)
+    for position, units in enumerate(pools):
         try:
             overhead = await count_tokens(client, base_url, model, api, _mixed_sequence(units, 8, 1)) - 8
             linear = True
@@ -142,6 +157,15 @@ async def calibrate(client: httpx.AsyncClient, base_url: str, model: str, api: s
         if linear and overhead >= 0:
             return TokenizerCalibration(units, overhead, True, "target /tokenize", notes=notes)
         notes.append(f"unit pool {units[0]!r}... is not one token per unit on this tokenizer")
+        if position == 0:
+            # A small vocabulary (e.g. the tiny test Llama's 2,048 BPE tokens) has most but not all of the words:
+            # next try the words that are one token there.
+            try:
+                narrowed = await _single_token_units(client, base_url, model, api, units)
+            except (httpx.HTTPError, ValueError, KeyError):
+                narrowed = ()
+            if len(narrowed) >= MIN_NARROWED_UNITS:
+                pools.insert(1, narrowed)
     notes.append("no unit pool tokenizes one token per unit; token counts are estimates")
     return TokenizerCalibration(UNIT_POOLS[0], 0, False, "estimate (no linear unit pool)", notes=notes)
 

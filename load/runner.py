@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 
 from forge.errors import InputError
 from forge.load.arrivals import arrival_offsets
-from forge.load.client import RequestResult, RequestSpec, build_payload, send_request
+from forge.load.client import RequestResult, RequestSpec, build_payload, new_session, send_request
 from forge.load.prompts import LengthDistribution, PromptFactory
 from forge.load.traces import TraceEntry
 
@@ -116,18 +116,19 @@ class ResultWriter:
 
 async def run_plan(plan: list[RequestSpec], prompts: PromptFactory, options: RunOptions, writer: ResultWriter,
                    *, stop: asyncio.Event | None = None, stats: LiveStats | None = None,
-                   client: httpx.AsyncClient | None = None, on_dispatch: Callable[[], None] | None = None) -> int:
-    """Dispatch the plan on schedule; return how many requests were dispatched (each has been written)."""
+                   client: Any = None, on_dispatch: Callable[[], None] | None = None) -> int:
+    """Dispatch the plan on schedule; return how many requests were dispatched (each has been written).
+
+    ``client``: an aiohttp session to send with; anything else (callers that calibrate with an httpx client pass it)
+    is not used for requests, and the run opens and closes its own session."""
     stop = stop or asyncio.Event()
     stats = stats or LiveStats()
     stats.planned = len(plan)
     url = f"{options.base_url}/v1/{'chat/completions' if options.api == 'chat' else 'completions'}"
     semaphore = asyncio.Semaphore(options.concurrency_limit) if options.concurrency_limit else None
-    own_client = client is None
-    if client is None:
-        # No pool limit: a capped pool would queue sends inside the client and hide it from the schedule lag.
-        client = httpx.AsyncClient(timeout=httpx.Timeout(options.request_timeout_s, connect=min(10.0, options.request_timeout_s)),
-                                   limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+    own_client = not isinstance(client, aiohttp.ClientSession)
+    if own_client:
+        client = new_session(options.request_timeout_s)
     tasks: set[asyncio.Task] = set()
     run_start = time.perf_counter() + options.start_delay_s
 
@@ -186,5 +187,5 @@ async def run_plan(plan: list[RequestSpec], prompts: PromptFactory, options: Run
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         if own_client:
-            await client.aclose()
+            await client.close()
     return stats.dispatched

@@ -74,6 +74,8 @@ def test_every_request_is_recorded_with_exact_prompt_tokens(simulator_url, tmp_p
         assert len(r["itl_s"]) == (r["tokens_out"] - 1 if stream else 0)
         assert r["sent_s"] >= r["scheduled_s"] and r["schedule_lag_s"] < 0.1
     assert summary["latency_s"]["itl"]["count"] == sum(len(r["itl_s"]) for r in records)
+    # The sending phase's own CPU (what benchmarks/load_gen.py compares): spent, and within the run's wall time.
+    assert 0 < summary["meta"]["client_cpu_s"] < summary["duration_s"] + 1.0
 
 
 def test_error_rate_fault_gives_http_error_500_and_nothing_is_lost(tmp_path):
@@ -132,7 +134,7 @@ def test_hang_mid_stream_is_a_timeout_with_the_tokens_so_far(tmp_path):
 def test_crash_mid_stream_is_lost_mid_stream_then_connect_error(tmp_path):
     with _simulator() as url:
         records, dispatched = asyncio.run(_run_with_fault(
-            url, tmp_path / "r.jsonl", {"mode": "crash"}, 0.3, timeout_s=5, rate=10, duration_s=0.8))
+            url, tmp_path / "r.jsonl", {"mode": "crash"}, 0.3, timeout_s=5, rate=10, duration_s=1.5))
     assert len(records) == dispatched > 0
     by_outcome = {}
     for r in records:
