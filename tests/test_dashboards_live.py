@@ -42,12 +42,12 @@ GRAFANA_VALUES = {"${datasource}": "", "$datasource": "", "$__rate_interval": "1
 SIM_ARGS = ["--spec-tokens", "2", "--spec-acceptance-rate", "0.7"]
 
 # The stack has no GPU and runs no dcgm-exporter. Its Prometheus scrapes the simulator's dcgm-exporter-style
-# /gpu-metrics page (utilization and XID), so only the DCGM fields that page doesn't serve stay empty.
+# /gpu-metrics page (utilization, XID and double-bit ECC), so only the DCGM fields that page doesn't serve stay empty.
 _NO_DCGM = "no dcgm-exporter on the stack (no GPU), and the simulator's /gpu-metrics does not serve this DCGM field"
 # (dashboard file stem, panel title) -> why it has no data on this stack. Keep it as short as the truth allows.
 EXEMPT: dict[tuple[str, str], str] = {
     ("gpu-health", title): _NO_DCGM for title in (
-        "GPU memory used", "Power draw", "Temperature", "ECC errors and row remapping", "Throttling", "SM clock")
+        "GPU memory used", "Power draw", "Temperature", "Throttling", "SM clock")
 }
 
 LOAD_DURATION_S = 20
