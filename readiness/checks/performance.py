@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from forge.readiness.checks import _sections as s
 from forge.readiness.checks.cost import delta
 from forge.readiness.registry import check, not_applicable, passed, violated
@@ -244,3 +246,49 @@ def headroom_3x(ctx):
             message += f"; at 3× the fleet costs ${usd:,.0f}/month more than today"
         return violated(message, warn=True, cost_delta_usd_month=usd, **ev)
     return passed("replicas.max covers 3× traffic", **ev)
+
+
+@check("PERF-013", "performance", "medium", "The capacity model agrees with the replayed load (within 25 %)",
+       rationale="""Replica counts, headroom and cost at 1×/3×/10× come from the capacity model. When a replay of the
+       same deployment measures TTFT, ITL or throughput more than 25 % away from what the model predicts for those
+       very requests, the predictions built on it can't be trusted until the model is calibrated.""",
+       remediation="""Calibrate the model on the engine (`forge capacity calibrate --deploy deploy.yaml --results
+       results.jsonl` prints predicted vs measured) and correct deploy.yaml (hardware, engine args, prefix hit rate)
+       or the hardware catalog's efficiency figures until the gap is within 25 %.""",
+       path="evidence.load_results")
+def model_matches_load(ctx):
+    records, _ = ctx.load_evidence
+    replays = [r for r in records if r.get("source") == "forge" and str(r.get("path", "")).endswith(".jsonl")]
+    if not replays or ctx.capacity is None:
+        return not_applicable("needs a forge load results.jsonl (per-request records) and a capacity estimate")
+    from forge.errors import InputError
+    from forge.load.metrics import read_results
+    from forge.readiness.capacity import calibrate
+
+    # The replay went through the gateway to every replica: one replica saw every n-th request (the balancer spreads
+    # them evenly), which is what the model's one-replica simulation is compared with.
+    replicas = max(1, ctx.d.hardware.replicas.min if ctx.d.hardware.replicas else 1)
+    gaps, measured = [], {}
+    for rec in replays:
+        try:
+            requests = sorted((r for r in read_results(Path(rec["path"])) if r.get("sent_s") is not None),
+                              key=lambda r: r["sent_s"])
+            report = calibrate(ctx.d, requests[::replicas], ctx.base_dir)
+        except InputError as exc:
+            measured[rec["path"]] = exc.messages[0]
+            continue
+        for row in report["rows"]:
+            if row["within_tolerance"] is None:
+                continue
+            measured[f"{row['metric']}"] = {"predicted": row["predicted"], "measured": row["measured"],
+                                            "error_pct": row["error_pct"]}
+            if not row["within_tolerance"]:
+                gaps.append(f"{row['metric']} predicted {row['predicted']:.4g}, measured {row['measured']:.4g} "
+                            f"({row['error_pct']:+.0f} %)")
+    if not any(isinstance(v, dict) for v in measured.values()):
+        return not_applicable("the replay holds too few successful requests to compare", **measured)
+    outcome = violated("the capacity model is off by more than 25 %: " + "; ".join(gaps), warn=True,
+                       replicas_split=replicas, **measured) if gaps else \
+        passed("the capacity model predicts the replayed load within 25 %", replicas_split=replicas, **measured)
+    outcome.basis = "evidence"
+    return outcome
