@@ -435,16 +435,10 @@ class Lab:
 
     def server_stats(self) -> list[dict[str, Any]]:
         """HAProxy's `show stat` rows for the backend's servers (name, status, scur, weight, ...), numbers as int."""
-        lines = self.gateway.command("show stat").splitlines()
-        header = lines[0].lstrip("# ").split(",")
-        rows = []
-        for line in lines[1:]:
-            values = dict(zip(header, line.split(",")))
-            if values.get("pxname") == self.gateway.backend and values.get("svname") not in ("FRONTEND", "BACKEND"):
-                rows.append({"name": values["svname"], "status": values.get("status"),
-                             **{k: int(values[k]) for k in ("scur", "stot", "weight", "hrsp_5xx", "eresp", "econ")
-                                if (values.get(k) or "").isdigit()}})
-        return rows
+        return [{"name": values["svname"], "status": values.get("status"),
+                 **{k: int(values[k]) for k in ("scur", "stot", "weight", "hrsp_5xx", "eresp", "econ")
+                    if (values.get(k) or "").isdigit()}}
+                for values in self.gateway.stat_rows()]
 
     def wait_server_status(self, server: str, status: str = "UP", timeout_s: float = 20.0) -> float:
         """Wait until HAProxy reports `server` in `status` (UP, DOWN, DRAIN, MAINT); returns the seconds waited."""

@@ -413,11 +413,8 @@ class DrainAgent:
     def inflight(self) -> int:
         """Requests still on the replica: HAProxy's current sessions on the server, and the engine's own running +
         waiting gauges (0 when the engine is unreachable)."""
-        scur = 0
-        for line in self.target.gateway.command("show stat").splitlines()[1:]:
-            values = line.split(",")
-            if len(values) > 4 and values[0] == self.target.gateway.backend and values[1] == self.target.server:
-                scur = int(values[4] or 0)  # show stat's 5th column is scur
+        scur = sum(int(values.get("scur") or 0) for values in self.target.gateway.stat_rows()
+                   if values["svname"] == self.target.server)
         engine = 0
         try:
             page = httpx.get(self.target.engine_url + "/metrics", timeout=1.0).text

@@ -651,8 +651,11 @@ class Gateway:
             while chunk := s.recv(65536):
                 chunks.append(chunk)
         answer = b"".join(chunks).decode()
-        if answer.strip() and any(word in answer for word in ("No such", "Unknown", "Require", "invalid")):
-            raise StackError(f"haproxy: `{line}`: {answer.strip()}")
+        # HAProxy answers a refused command with a one-line message; only that first line is checked, because
+        # `show stat` rows legitimately contain words like "invalid" (check_desc "Layer7 invalid response").
+        first_line = answer.strip().splitlines()[0] if answer.strip() else ""
+        if any(word in first_line for word in ("No such", "Unknown", "Require", "invalid")):
+            raise StackError(f"haproxy: `{line}`: {first_line}")
         return answer
 
     def set_state(self, server: str, state: str) -> None:
@@ -671,14 +674,20 @@ class Gateway:
             raise StackInputError(f"weight {weight}: use 0-256")
         self.command(f"set weight {self.backend}/{server} {weight}")
 
-    def servers(self) -> list[dict]:
-        """Each server of the backend: name, status (UP/DOWN/DRAIN/MAINT, as `show stat`), weight, check."""
+    def stat_rows(self) -> list[dict[str, str]]:
+        """`show stat` rows of the backend's servers, keyed by HAProxy's column names (pxname, svname, status,
+        scur, weight, check_status, ...), values as HAProxy prints them."""
         lines = self.command("show stat").splitlines()
         header = lines[0].lstrip("# ").split(",")
         rows = []
         for line in lines[1:]:
             values = dict(zip(header, line.split(",")))
             if values.get("pxname") == self.backend and values.get("svname") not in ("FRONTEND", "BACKEND"):
-                rows.append({"name": values["svname"], "status": values.get("status"),
-                             "weight": int(values.get("weight") or 0), "check": values.get("check_status")})
+                rows.append(values)
         return rows
+
+    def servers(self) -> list[dict]:
+        """Each server of the backend: name, status (UP/DOWN/DRAIN/MAINT, as `show stat`), weight, check."""
+        return [{"name": values["svname"], "status": values.get("status"),
+                 "weight": int(values.get("weight") or 0), "check": values.get("check_status")}
+                for values in self.stat_rows()]

@@ -267,3 +267,39 @@ def test_bad_options_are_bad_input(tmp_path):
     assert result.exit_code == 2 and "--tp applies to --engine vllm only" in result.output
     result = runner.invoke(stack_app, ["up", "--replicas", "2", "--weights", "1", "--state-dir", str(tmp_path)])
     assert result.exit_code == 2 and "--weights" in result.output
+
+
+def _fake_haproxy_socket(path: Path, answer: str):
+    """A one-shot Unix socket that answers any runtime-API command with `answer`, as HAProxy does."""
+    import threading
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve():
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(4096)
+            connection.sendall(answer.encode())
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def test_show_stat_with_a_failing_check_is_parsed_not_mistaken_for_a_refused_command(tmp_path):
+    # A server whose health check got a bad answer has check_desc "Layer7 invalid response" in its row; CI once
+    # read that as HAProxy refusing the command. Only a refusal's one-line answer is an error.
+    header = "# pxname,svname,scur,status,weight,check_status,check_desc"
+    rows = ["engines,s0,4,UP,100,L7OK,Layer7 check passed", "engines,s1,0,UP 1/2,100,L7RSP,Layer7 invalid response",
+            "engines,BACKEND,4,UP,200,,"]
+    gateway = stack.Gateway.__new__(stack.Gateway)
+    gateway.socket_path, gateway.backend = tmp_path / "admin.sock", "engines"
+    _fake_haproxy_socket(gateway.socket_path, "\n".join([header, *rows]) + "\n")
+    assert gateway.servers() == [{"name": "s0", "status": "UP", "weight": 100, "check": "L7OK"},
+                                 {"name": "s1", "status": "UP 1/2", "weight": 100, "check": "L7RSP"}]
+    refused = tmp_path / "refused.sock"
+    gateway.socket_path = refused
+    _fake_haproxy_socket(refused, "No such server.\n")
+    with pytest.raises(stack.StackError, match="No such server"):
+        gateway.drain("s9")
