@@ -280,6 +280,21 @@ def test_error_rate_fails_about_that_share_of_requests():
         assert client.post("/_forge/faults", json={"mode": "melt"}).status_code == 400
 
 
+def test_error_rate_at_the_engine_layer_is_counted_as_vllm_counts_an_engine_error():
+    with serve(seed=7) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert client.post("/_forge/faults", json={"mode": "error_rate", "rate": 1.0, "layer": "engine"}).status_code == 200
+        codes = [client.post("/v1/completions", json={"prompt": prompt_of(4), "max_tokens": 1}).status_code
+                 for _ in range(5)]
+        assert codes == [500] * 5
+        assert value(metrics(client), "vllm:request_success_total", finished_reason="error") == 5
+        client.post("/_forge/faults", json={"mode": "none"})
+        assert client.post("/v1/completions", json={"prompt": prompt_of(4), "max_tokens": 1}).status_code == 200
+        page = metrics(client)
+        assert value(page, "vllm:request_success_total", finished_reason="error") == 5  # the fault cleared
+        bad = client.post("/_forge/faults", json={"mode": "error_rate", "rate": 0.5, "layer": "disk"})
+        assert bad.status_code == 400 and "layer must be one of http, engine" in bad.json()["error"]["message"]
+
+
 def test_slow_multiplies_step_times():
     def itl(page: str) -> float:
         return value(page, "vllm:inter_token_latency_seconds_sum") / value(page, "vllm:inter_token_latency_seconds_count")

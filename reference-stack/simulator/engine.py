@@ -37,6 +37,7 @@ WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
 # larger delays (an overloaded loop) are not caught up, so no burst of back-to-back steps follows.
 MAX_CATCH_UP_S = 0.005
 FAULT_MODES = ("hang", "crash", "slow", "error_rate", "xid", "none")
+ERROR_LAYERS = ("http", "engine")  # where the error_rate fault fails a request
 OUTPUT_PIECE_IDS = [piece_id(piece) for piece in OUTPUT_PIECES]
 
 
@@ -105,6 +106,7 @@ class SimEngine:
         self.dead = False
         self.slow_factor = 1.0
         self.error_rate = 0.0
+        self.error_layer = "http"
         self.xid = 0
         self.ecc_dbe = 0  # uncorrectable (double-bit) ECC errors, with the xid fault's ecc_dbe
         self.busy_s = 0.0  # time spent in steps, for the GPU-utilization gauge
@@ -180,7 +182,13 @@ class SimEngine:
                 request.events.put_nowait(StepOutput([], "", reason, error))
 
     def should_fail_request(self) -> bool:
-        return self.error_rate > 0 and self._rng.random() < self.error_rate
+        """Whether the error_rate fault fails this request. With layer "engine" the failure is the engine's own, so
+        it is counted as vLLM counts one (vllm:request_success_total{finished_reason="error"}); with "http" the API
+        server refuses it and the engine never sees it."""
+        fail = self.error_rate > 0 and self._rng.random() < self.error_rate
+        if fail and self.error_layer == "engine":
+            self.metrics.request_success["error"].inc()
+        return fail
 
     def _remove(self, request: SimRequest) -> None:
         if request.state == RUNNING:
@@ -428,6 +436,12 @@ class SimEngine:
             if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
                 raise FaultError(f"error_rate needs rate within [0, 1] (share of requests answered 500); got {rate!r}")
             spec["rate"] = self.error_rate = float(rate)
+            layer = body.get("layer", "http")
+            if layer not in ERROR_LAYERS:
+                raise FaultError(f"error_rate layer must be one of {', '.join(ERROR_LAYERS)} (http: refused before the "
+                                 f"engine, its counters don't see it; engine: counted as finished_reason=error); "
+                                 f"got {layer!r}")
+            spec["layer"] = self.error_layer = layer
         elif mode == "xid":
             xid = body.get("xid", 79)
             if not isinstance(xid, int) or xid <= 0:
@@ -473,6 +487,6 @@ class SimEngine:
         elif mode == "slow":
             self.slow_factor = 1.0
         elif mode == "error_rate":
-            self.error_rate = 0.0
+            self.error_rate, self.error_layer = 0.0, "http"
         elif mode == "xid":
             self.xid = self.ecc_dbe = 0
