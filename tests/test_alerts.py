@@ -299,3 +299,16 @@ def test_cli_metrics_page_supplies_the_engine_bucket_bounds(tmp_path):
     assert 'le="0.4"' in ttft_sli(from_page)
     assert any("0.4 s" in note for note in notes)
     assert "--metrics-page" in from_page.read_text().splitlines()[0]
+
+
+def test_the_default_runbook_links_are_the_published_repository_pages_of_files_that_exist():
+    import tomllib
+
+    urls = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["urls"]
+    assert generate.DEFAULT_RUNBOOK_BASE_URL == urls["Repository"] + "/blob/main/runbooks/"
+    assert urls["Runbooks"] == urls["Repository"] + "/tree/main/runbooks"
+    runbooks = Path(__file__).resolve().parents[1] / "runbooks"
+    rules = yaml.safe_load((Path(__file__).resolve().parents[1] / "alerts" / "forge-rules.yaml").read_text())
+    linked = [r["annotations"]["runbook_url"] for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert linked and all((runbooks / url.removeprefix(generate.DEFAULT_RUNBOOK_BASE_URL)).is_file() for url in linked)
+
