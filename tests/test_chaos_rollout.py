@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port, running_haproxy
 from typer.testing import CliRunner
 
 from forge.chaos import rollout
@@ -138,56 +136,19 @@ def test_bad_rollout_settings_are_one_line_input_errors():
 
 
 # ------------------------------------------------------------------------------------------ the loop, real HAProxy
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def haproxy(tmp_path):
     """A real HAProxy with backend `engines`: s0 (weight 100) and s1 (weight 0), no checks, nothing behind them."""
-    if not shutil.which("haproxy"):
-        pytest.fail("haproxy not installed — run `make stack-deps`", pytrace=False)
-    sock = tmp_path / "haproxy.sock"
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(f"""global
-    stats socket {sock} mode 600 level admin
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-frontend gateway
-    bind 127.0.0.1:{_free_port()}
-    default_backend engines
-backend engines
-    server s0 127.0.0.1:{_free_port()} weight 100
-    server s1 127.0.0.1:{_free_port()} weight 0
-""")
-    process = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        weights = rollout.Weights(sock)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                weights.get("s1")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "haproxy did not open its admin socket"
-                time.sleep(0.1)
+    with running_haproxy(tmp_path, {"s0": f"127.0.0.1:{free_port()} weight 100",
+                                    "s1": f"127.0.0.1:{free_port()} weight 0"}, timeout_s=10) as sock:
         yield sock
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.mark.stack
 def test_no_evidence_rolls_back_after_the_inconclusive_limit_and_reads_weight_0_back(haproxy):
     # Prometheus on a port nobody listens on: every analysis is inconclusive, which must never promote.
     config = RolloutConfig(steps=(10, 100), pause_seconds=0.6, interval_seconds=0.2, inconclusive_limit_seconds=0.6)
-    controller = RolloutController(f"http://127.0.0.1:{_free_port()}", haproxy, "s1", "s0", config)
+    controller = RolloutController(f"http://127.0.0.1:{free_port()}", haproxy, "s1", "s0", config)
     result = controller.run()
     assert result.outcome == "rolled_back" and not result.promoted
     assert [s.percent for s in result.steps] == [10] and result.steps[0].verdict == INCONCLUSIVE
@@ -201,7 +162,7 @@ def test_no_evidence_rolls_back_after_the_inconclusive_limit_and_reads_weight_0_
 @pytest.mark.stack
 def test_ctrl_c_then_stop_rolls_a_running_rollout_back(haproxy):
     config = RolloutConfig(pause_seconds=30, interval_seconds=0.2)
-    controller = RolloutController(f"http://127.0.0.1:{_free_port()}", haproxy, "s1", "s0", config).start()
+    controller = RolloutController(f"http://127.0.0.1:{free_port()}", haproxy, "s1", "s0", config).start()
     deadline = time.monotonic() + 5
     while rollout.Weights(haproxy).get("s1") != 10:
         assert time.monotonic() < deadline, "the first step never set the canary's weight"
@@ -231,7 +192,7 @@ def test_rollout_cli_bad_input_is_one_line_exit_2(tmp_path):
 @pytest.mark.stack
 def test_rollout_cli_rolls_back_without_evidence_and_exits_1(haproxy, tmp_path):
     runner = CliRunner()
-    common = ["rollout", "--prometheus", f"http://127.0.0.1:{_free_port()}", "--haproxy-socket", str(haproxy)]
+    common = ["rollout", "--prometheus", f"http://127.0.0.1:{free_port()}", "--haproxy-socket", str(haproxy)]
     bad = runner.invoke(chaos_app, common + ["--canary", "s9", "--stable", "s0"])
     assert bad.exit_code == 2 and "has no such server" in bad.output, bad.output
     bad = runner.invoke(chaos_app, common + ["--canary", "s1", "--stable", "s0", "--steps", "50,10"])
