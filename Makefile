@@ -40,8 +40,8 @@ demo: $(DEMO_DEPS)
 	  ports=$$($(BIN)/forge stack status --state-dir $(DEMO_STATE) --format json \
 	    | $(BIN)/python -c 'import json,sys; p=json.load(sys.stdin)["plan"]["ports"]; print(p["gateway"], p["prometheus"])'); \
 	  gateway=http://127.0.0.1:$${ports% *}; prometheus=http://127.0.0.1:$${ports#* }; \
-	  echo "replaying 20 s of load through $$gateway ..."; \
-	  $(BIN)/forge load run --target $$gateway --deploy reference-stack/deploy.yaml --rate 4 --duration 20 \
+	  echo "replaying 20 s of load at the declared p95 rate (5 req/s) through $$gateway ..."; \
+	  $(BIN)/forge load run --target $$gateway --deploy reference-stack/deploy.yaml --rate 5 --duration 20 \
 	    --shared-prefix-tokens 32 --prefix-groups 2 --out $(OUT)/load-results.jsonl --summary-json $(OUT)/load-summary.json --no-progress >/dev/null; \
 	  rc=$$?; [ $$rc -le 1 ] || exit $$rc; \
 	  $(BIN)/forge readiness assess reference-stack/deploy.yaml $(DEMO_EVIDENCE) --prometheus $$prometheus; \

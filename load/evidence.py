@@ -73,7 +73,15 @@ def _from_forge_summary(summary: dict, path: Path) -> dict[str, Any]:
 
 
 def _from_forge_results(path: Path, slo: Any) -> dict[str, Any]:
-    return _from_forge_summary(summarize(read_results(path), slo=slo), path)
+    records = read_results(path)
+    rec = _from_forge_summary(summarize(records, slo=slo), path)
+    # The per-request file carries no run summary: the offered rate is estimated from the schedule itself,
+    # (n - 1) arrivals over the first-to-last scheduled span.
+    scheduled = sorted(r["scheduled_s"] for r in records if isinstance(r.get("scheduled_s"), (int, float)))
+    if len(scheduled) >= 2 and scheduled[-1] > scheduled[0]:
+        rec["shape"]["request_rate"] = (len(scheduled) - 1) / (scheduled[-1] - scheduled[0])
+        rec["notes"].append("request_rate estimated from the scheduled send times")
+    return rec
 
 
 # ---- vLLM bench serve -----------------------------------------------------------------------------------------------
