@@ -305,7 +305,8 @@ class StackReplica:
                 self.lab.engine_shutdown_timeout[self.index] = shutdown_timeout_s
             command, env = self.lab.engine_command(self.index, old.command)
             new = stack_lib._spawn(old.name, old.kind, command, old.port, old.url, old.health_url,
-                                   logs=Path(old.log).parent, env=env, stop_grace_s=old.stop_grace_s)
+                                   logs=Path(old.log).parent, env=env, stop_grace_s=old.stop_grace_s,
+                                   env_overrides=old.env)  # kept recorded: the next restart binds the same cores
             state = self.lab.stack
             state.components[state.components.index(old)] = new
             state.save()  # recorded before anything waits on it: `forge stack down` finds it too
@@ -425,6 +426,9 @@ class Lab:
             command += [flag, str(timeout)]
         if self.engine != "vllm":
             return command, None
+        recorded = self.stack.component(f"engine-s{index}").env
+        if recorded:  # what stack.up set for this engine (offline hub, KV cache size, its own cores)
+            return command, dict(os.environ, **recorded)
         from forge.reference_stack.vllm_engine import EngineConfig
 
         # The environment stack.up gave it (offline hub, KV cache size, thread binding); model and port unchanged.
@@ -549,21 +553,22 @@ class Lab:
             targets = [("gateway", self.stack.gateway_url, float(c.get("load_rate", per_replica * len(self.replicas))))]
         else:
             targets = [(r.name, r.url, per_replica) for r in self.replicas]
-        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0),
-                                     limits=httpx.Limits(max_connections=None, max_keepalive_connections=None)) as client:
-            runs = []
-            for seed, (name, url, rate) in enumerate(targets):
-                plan = plan_rate(arrival="constant", rate=rate, burstiness=1.0,
-                                 duration_s=float(c.get("load_max_seconds", 60)), max_requests=1000,
-                                 prompt_lengths=LengthDistribution.parse(f"fixed:{c.get('load_prompt_tokens', 32)}", "load_prompt_tokens"),
-                                 output_lengths=LengthDistribution.parse(f"fixed:{c.get('load_output_tokens', 256)}", "load_output_tokens"),
-                                 seed=seed)
-                prompts = PromptFactory(await calibrate(client, url, model, "completions"), seed=seed)
-                options = RunOptions(base_url=url, model=model, request_timeout_s=timeout)
-                runs.append(run_plan(plan, prompts, options, Collector(name, self._load_records),
-                                     stop=self._load_stop, stats=LiveStats(), client=client))
-            ready.set()
-            await asyncio.gather(*runs)
+        # httpx only to calibrate prompts against each target's /tokenize; run_plan sends with its own aiohttp session.
+        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0)) as client:
+            calibrations = [await calibrate(client, url, model, "completions") for _, url, _ in targets]
+        runs = []
+        for seed, ((name, url, rate), calibration) in enumerate(zip(targets, calibrations)):
+            plan = plan_rate(arrival="constant", rate=rate, burstiness=1.0,
+                             duration_s=float(c.get("load_max_seconds", 60)), max_requests=1000,
+                             prompt_lengths=LengthDistribution.parse(f"fixed:{c.get('load_prompt_tokens', 32)}", "load_prompt_tokens"),
+                             output_lengths=LengthDistribution.parse(f"fixed:{c.get('load_output_tokens', 256)}", "load_output_tokens"),
+                             seed=seed)
+            options = RunOptions(base_url=url, model=model, request_timeout_s=timeout)
+            prompts = PromptFactory(calibration, seed=seed)
+            runs.append(run_plan(plan, prompts, options, Collector(name, self._load_records), stop=self._load_stop,
+                                 stats=LiveStats()))
+        ready.set()
+        await asyncio.gather(*runs)
 
     def stop_load(self) -> dict[str, Any]:
         if self._load_result is not None:

@@ -4,6 +4,12 @@
     supervisor.report_hung("replica-1", "2 requests running, tokens frozen for 30 s")   # the progress watchdog
     supervisor.stop()
 
+One implementation, two uses: in-process in a chaos game day (the runner's `StackReplica`s, configuration.supervisor;
+the lab's watchdog calls `report_hung`), and long-running as a component of the reference stack
+(`forge stack up --supervise` starts `python -m forge.chaos.supervisor --state-dir DIR`: `StackEngine`s restarted
+from the stack's state file, its own progress watchdog, logging to logs/supervisor.log, stopped first by
+`forge stack down`). A replica is anything with the `SupervisedReplica.replica` attributes listed there.
+
 What counts as failed, per replica (checked every `poll_interval_s`):
 - `exited`: the engine process the stack started is gone (crash, OOM kill, a killed vLLM EngineCore that took the
   API server down with it);
@@ -72,7 +78,10 @@ def check_options(options: Any, lab_kind: str = "stack") -> dict[str, Any]:
 
 @dataclass
 class SupervisedReplica:
-    replica: Any                      # forge.chaos.runner.StackReplica (name, server, url, alive, signal, restart)
+    # forge.chaos.runner.StackReplica or StackEngine: .name, .server (HAProxy), .url, .pid, .component (the stack's
+    # Component: owns_group, signal_group), .alive(), .wait_exit(timeout_s), .restart(timeout_s=...) -> seconds
+    # (start again, wait for /health, set ready at HAProxy and wait until UP there).
+    replica: Any
     state: str = UP
     health_failures: int = 0
     failures: int = 0                 # failures handled so far
@@ -276,6 +285,149 @@ class Supervisor:
         with self._lock:
             return [{k: v for k, v in {**e, "seconds_since_start": round(e["at"] - since_monotonic, 3)}.items()
                      if k != "at"} for e in self.events]
+
+
+# ------------------------------------------------------------------------------------- the stack's supervisor
+class StackEngine:
+    """One engine of a running reference stack, as the long-running supervisor sees it: restarted with the command
+    and environment the stack recorded for it (same port, same cores), the new process recorded in the stack's
+    state file before anything waits on it (so `forge stack down` always finds it)."""
+
+    def __init__(self, state: Any, component_name: str, gateway: Any, start_timeout_s: float,
+                 gateway_timeout_s: float = 20.0):
+        self.state, self.name, self.gateway = state, component_name, gateway
+        self.server = component_name.removeprefix("engine-")
+        self.start_timeout_s, self.gateway_timeout_s = start_timeout_s, gateway_timeout_s
+        self._lock = threading.Lock()
+        self._closed = False
+        self._children: dict[int, Any] = {}   # engines this process started: reaped once they exit
+
+    @property
+    def component(self):
+        return self.state.component(self.name)
+
+    @property
+    def url(self) -> str:
+        return self.component.url
+
+    @property
+    def pid(self) -> int:
+        return self.component.pid
+
+    def alive(self) -> bool:
+        for pid, process in list(self._children.items()):
+            if process.poll() is not None:   # reap: an exited child of ours stays a zombie until waited for
+                del self._children[pid]
+        return self.component.leader_alive()
+
+    def wait_exit(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.component.group_alive():
+            self.alive()
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def restart(self, timeout_s: float | None = None) -> float:
+        from forge.reference_stack import stack as stack_lib
+
+        started = time.monotonic()
+        with self._lock:  # held only while spawning: close() waits for a spawn under way to be recorded
+            if self._closed:
+                raise RuntimeError(f"{self.name}: the supervisor is stopping, not starting it again")
+            old = self.component
+            if stack_lib._stop_components([old]):
+                raise RuntimeError(f"{self.name}: still running after SIGKILL (pid {old.pid})")
+            new = stack_lib._spawn(old.name, old.kind, old.command, old.port, old.url, old.health_url,
+                                   logs=Path(old.log).parent, stop_grace_s=old.stop_grace_s, env_overrides=old.env,
+                                   processes=self._children)
+            self.state.replace_component(new)
+        stack_lib._wait_healthy([new], timeout_s or self.start_timeout_s)
+        self.gateway.ready(self.server)
+        self.gateway.wait_server_status(self.server, "UP", self.gateway_timeout_s)
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+
+def stack_supervisor(state_dir: Path, stall_seconds: float = 30.0, watchdog_interval_s: float = 1.0,
+                     log: Callable[[str], None] = print, **options: Any) -> tuple[Supervisor, Any, list[StackEngine]]:
+    """The supervisor of the reference stack in `state_dir` (not started): one StackEngine per engine, the stack's
+    alert receiver, and a progress watchdog on the engines' /metrics whose `hung` verdict goes to `report_hung`.
+    Returns (supervisor, watchdog loop, engines). options: Supervisor's keyword arguments."""
+    from forge.chaos.watchdog import HUNG, ProgressWatchdog, WatchdogLoop, WatchTarget, metrics_url
+    from forge.reference_stack import stack as stack_lib
+
+    state = stack_lib.StackState.load(Path(state_dir))
+    if state is None:
+        raise InputError(f"{state_dir}: no running stack — start one with `forge stack up --supervise`")
+    gateway = stack_lib.Gateway(state)
+    start_timeout = stack_lib.VLLM_STARTUP_TIMEOUT_S if state.plan["engine"] == "vllm" else \
+        stack_lib.SIM_STARTUP_TIMEOUT_S
+    engines = [StackEngine(state, c.name, gateway, start_timeout) for c in state.engines()]
+    supervisor = Supervisor(engines, gateway, receiver_file=state.receiver_file, log=log, **options)
+
+    def on_transition(transition) -> None:
+        log(f"watchdog: {transition.replica} {transition.previous} -> {transition.state} ({transition.reason})")
+        if transition.state == HUNG:
+            supervisor.report_hung(transition.replica, transition.reason)
+
+    watchdog = WatchdogLoop([WatchTarget(e.name, metrics_url(e.url)) for e in engines],
+                            ProgressWatchdog(stall_seconds), on_transition=on_transition,
+                            poll_interval_s=watchdog_interval_s)
+    return supervisor, watchdog, engines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m forge.chaos.supervisor --state-dir DIR`: supervise a running reference stack until SIGTERM/SIGINT
+    (`forge stack up --supervise` starts it as a stack component; `forge stack down` stops it first)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m forge.chaos.supervisor",
+                                     description="Restart failed or hung replicas of a running reference stack.")
+    parser.add_argument("--state-dir", type=Path, required=True, help="the stack's state directory")
+    parser.add_argument("--stall-seconds", type=float, default=30.0,
+                        help="hung: requests running but no output token for this long")
+    parser.add_argument("--watchdog-interval", type=float, default=1.0, help="seconds between /metrics scrapes")
+    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between process and /health checks")
+    parser.add_argument("--health-failures", type=int, default=3)
+    parser.add_argument("--max-restarts", type=int, default=3)
+    parser.add_argument("--backoff-seconds", type=float, default=2.0)
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+        print(f"{stamp} supervisor: {message}", flush=True)
+
+    try:  # bad settings (InputError from the Supervisor or the watchdog) are found before anything starts
+        supervisor, watchdog, engines = stack_supervisor(
+            args.state_dir, args.stall_seconds, args.watchdog_interval, log, poll_interval_s=args.poll_interval,
+            health_failures=args.health_failures, max_restarts=args.max_restarts, backoff_s=args.backoff_seconds)
+    except InputError as exc:
+        for message in exc.messages:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    supervisor.start()
+    watchdog.start()
+    log(f"watching {', '.join(f'{e.name} (pid {e.pid})' for e in engines)}: exited, /health failing "
+        f"{supervisor.health_failures}x, hung (no token for {args.stall_seconds:g} s), alerts "
+        f"{', '.join(supervisor.restart_on_alerts)}")
+    while not stop.wait(1.0):
+        pass
+    log("stopping")
+    watchdog.stop()
+    supervisor.stop()
+    for engine in engines:  # an engine being spawned right now is recorded in the state file before we exit
+        engine.close()
+    log(f"stopped: {supervisor.summary()}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ activities
@@ -633,3 +785,7 @@ def all_replicas_supervised_up(lab: Lab) -> bool:
     """Probe: the supervisor has every replica up (none being restarted, none given up)."""
     supervisor = _supervisor(lab)
     return all(supervisor.state(r.name) == UP for r in lab.replicas)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

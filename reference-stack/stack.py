@@ -11,6 +11,11 @@ Every process runs in its own session (process group) and is recorded in `<state
 time, port, log) as soon as it is spawned, so `down` and `status` work from another shell, and `down` also
 cleans up after an `up` that died halfway. A pid is only signalled while its start time still matches, so a
 recycled pid is never killed.
+
+With `StackPlan(supervise=True)` the replica supervisor (forge.chaos.supervisor) runs as one more component; it
+restarts failed engines and records each new process here (`StackState.replace_component`), and `down` stops it
+before the rest. vLLM replicas each get their own cores (vllm_engine.cpu_binding), recorded per engine (`env`).
+`follow_log` is `forge stack logs --follow`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from forge.reference_stack.vllm_engine import EngineConfig, missing_vllm_message, port_is_free, vllm_python
+from forge.reference_stack.vllm_engine import (EngineConfig, cpu_binding, missing_vllm_message, port_is_free,
+                                               vllm_python)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_TEMPLATES = PACKAGE_DIR / "configs"
@@ -128,6 +134,10 @@ class StackPlan:
     # vLLM's --shutdown-timeout (the simulator's --shutdown-timeout-s): on SIGTERM in-flight requests get this
     # long to finish; None = the engine's default (0: cut at once). A spot drain sizes it to fit the notice.
     shutdown_timeout_s: int | None = None
+    # --supervise: run the replica supervisor (forge.chaos.supervisor) as a stack component: it restarts engines
+    # that exit, fail /health, or that its progress watchdog finds hung for stall_seconds.
+    supervise: bool = False
+    stall_seconds: float = 30.0
 
     def check(self) -> None:
         problems = []
@@ -137,6 +147,8 @@ class StackPlan:
             problems.append(f"--replicas {self.replicas}: use 1 to 64")
         if not 1 <= self.tp <= 8:
             problems.append(f"--tp {self.tp}: use 1 to 8")
+        if not 1 <= self.stall_seconds <= 3600:
+            problems.append(f"--stall-seconds {self.stall_seconds:g}: use 1 to 3600 (30 is the production default)")
         if self.balance not in ("leastconn", "roundrobin"):
             problems.append(f"--balance {self.balance!r}: use leastconn or roundrobin")
         if self.engine == "sim" and self.tp != 1:
@@ -170,7 +182,10 @@ class StackPlan:
 
     def summary(self) -> dict:
         """What makes two `up`s the same stack (for idempotence)."""
-        return {"engine": self.engine, "replicas": self.replicas, "tp": self.tp, "ports": asdict(self.ports)}
+        summary = {"engine": self.engine, "replicas": self.replicas, "tp": self.tp, "ports": asdict(self.ports)}
+        if self.supervise:
+            summary["supervise"] = {"stall_seconds": self.stall_seconds}
+        return summary
 
 
 # ------------------------------------------------------------------------------------------- processes
@@ -212,6 +227,9 @@ class Component:
     log: str
     command: list[str]
     stop_grace_s: float = STOP_GRACE_S
+    # What the stack set on top of the inherited environment (vLLM: offline hub, KV size, its cores); a restart
+    # reuses it. Never the whole environment: that may hold secrets.
+    env: dict[str, str] | None = None
 
     def leader_alive(self) -> bool:
         return self.start_time is not None and _proc_start_time(self.pid) == self.start_time
@@ -236,13 +254,22 @@ class Component:
 
 
 def _spawn(name: str, kind: str, command: list[str], port: int, url: str, health_url: str, logs: Path,
-           env: dict[str, str] | None = None, stop_grace_s: float = STOP_GRACE_S) -> Component:
+           env: dict[str, str] | None = None, stop_grace_s: float = STOP_GRACE_S,
+           env_overrides: dict[str, str] | None = None, processes: dict | None = None) -> Component:
+    """Start one process in its own session, its output appended to logs/NAME.log. env: the whole environment
+    (None: inherit); env_overrides: set on top of it and recorded in the Component. processes: where the caller
+    keeps the Popen by pid, to reap the child when it exits (a long-running parent such as the supervisor)."""
     log_path = logs / f"{name}.log"
+    if env_overrides:
+        env = {**(os.environ if env is None else env), **env_overrides}
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, env=env, cwd=str(logs.parent))
+    if processes is not None:
+        processes[process.pid] = process
     return Component(name=name, kind=kind, pid=process.pid, start_time=_proc_start_time(process.pid), port=port,
-                     url=url, health_url=health_url, log=str(log_path), command=command, stop_grace_s=stop_grace_s)
+                     url=url, health_url=health_url, log=str(log_path), command=command, stop_grace_s=stop_grace_s,
+                     env=dict(env_overrides) if env_overrides else None)
 
 
 def http_status(url: str, timeout_s: float = HTTP_TIMEOUT_S) -> int | None:
@@ -264,9 +291,78 @@ def http_json(url: str, timeout_s: float = HTTP_TIMEOUT_S, body: dict | None = N
 
 def log_tail(path: str | Path, lines: int = 30) -> str:
     try:
-        return "\n".join(Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        all_lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(all_lines[-lines:] if lines > 0 else [])
     except FileNotFoundError:
         return ""
+
+
+FOLLOW_POLL_S = 0.2
+
+
+def stack_started_at(state_dir: Path) -> float | None:
+    """started_at of the stack whose state file is in `state_dir`; None when there is none (brought down)."""
+    try:
+        return json.loads((Path(state_dir) / STATE_FILE).read_text())["started_at"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def follow_log(path: str | Path, state_dir: Path, lines: int = 50, poll_s: float = FOLLOW_POLL_S):
+    """Yield the last `lines` lines of a log, then each line written to it, like `tail -F`: a log recreated (a new
+    file under the same name) or truncated is read again from its start. Ends, after yielding what the file still
+    held, once the stack in `state_dir` is brought down: its state file is gone or belongs to a newer stack."""
+    path = Path(path)
+    started_at = stack_started_at(state_dir)
+    handle = None
+    identity = None
+    pending = b""
+
+    def reopen():
+        nonlocal handle, identity
+        if handle is not None:
+            handle.close()
+            handle = None
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            identity = None
+            return
+        stat = os.fstat(handle.fileno())
+        identity = (stat.st_dev, stat.st_ino)
+
+    reopen()
+    if handle is not None:  # the tail, from the same open file: no line written meanwhile is skipped
+        *complete, pending = handle.read().split(b"\n")
+        for raw in complete[-lines:] if lines > 0 else []:
+            yield raw.decode("utf-8", errors="replace")
+    try:
+        while True:
+            stack_gone = started_at is None or stack_started_at(state_dir) != started_at
+            while handle is not None and (chunk := handle.read(65536)):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    yield raw.decode("utf-8", errors="replace")
+            if stack_gone:
+                break
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                stat = None
+            if stat is not None and ((stat.st_dev, stat.st_ino) != identity
+                                     or (handle is not None and stat.st_size < handle.tell())):
+                if pending:  # the old file's unfinished last line
+                    yield pending.decode("utf-8", errors="replace")
+                    pending = b""
+                reopen()  # recreated (a replica restarted by a tool that rewrites its log) or truncated
+                continue
+            time.sleep(poll_s)
+        if pending:
+            yield pending.decode("utf-8", errors="replace")
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 # ------------------------------------------------------------------------------------------- state file
@@ -291,6 +387,18 @@ class StackState:
 
     def engines(self) -> list[Component]:
         return [c for c in self.components if c.kind == "engine"]
+
+    def replace_component(self, new: Component) -> None:
+        """Put a restarted component in place of the one of the same name and save the state file. Re-reads the
+        file first, so what another process recorded meanwhile is kept (the supervisor restarts engines from its
+        own process)."""
+        on_disk = StackState.load(self.state_dir)
+        if on_disk is not None:
+            self.components, self.notes, self.ready_seconds = on_disk.components, on_disk.notes, on_disk.ready_seconds
+        self.components = [new if c.name == new.name else c for c in self.components]
+        if new.name not in [c.name for c in self.components]:
+            self.components.append(new)
+        self.save()
 
     @property
     def gateway_url(self) -> str:
@@ -476,7 +584,41 @@ def up(plan: StackPlan, progress=lambda message: None) -> StackState:
         raise
     state.ready_seconds = round(time.monotonic() - started, 2)
     state.save()
+    if plan.supervise:
+        try:
+            _start_supervisor(plan, state, logs, progress)
+        except BaseException:
+            progress("the supervisor failed to start: stopping the stack")
+            _stop_components(state.components)
+            state.components.clear()
+            state.save()
+            raise
     return state
+
+
+SUPERVISOR_MODULE = "forge.chaos.supervisor"
+SUPERVISOR_READY_LINE = "supervisor: watching"   # what the supervisor logs once it watches every engine
+
+
+def _start_supervisor(plan: StackPlan, state: StackState, logs: Path, progress) -> Component:
+    """The replica supervisor as a stack component: its own process, logging to logs/supervisor.log, started once
+    every replica is UP (it would restart engines that are merely starting) and stopped first by `down`."""
+    progress("starting the replica supervisor")
+    command = [sys.executable, "-m", SUPERVISOR_MODULE, "--state-dir", str(state.state_dir.resolve()),
+               "--stall-seconds", f"{plan.stall_seconds:g}"]
+    supervisor = _spawn("supervisor", "supervisor", command, 0, "", "", logs=logs,
+                        env_overrides={"PYTHONUNBUFFERED": "1"})
+    state.components.append(supervisor)
+    state.save()
+    deadline = time.monotonic() + SERVICE_STARTUP_TIMEOUT_S
+    while SUPERVISOR_READY_LINE not in log_tail(supervisor.log, 200):
+        if not supervisor.leader_alive():
+            raise StackError(f"supervisor exited during start-up; log {supervisor.log}:\n{log_tail(supervisor.log)}")
+        if time.monotonic() >= deadline:
+            raise StackError(f"supervisor not watching after {SERVICE_STARTUP_TIMEOUT_S:.0f} s; log "
+                             f"{supervisor.log}:\n{log_tail(supervisor.log)}")
+        time.sleep(POLL_S)
+    return supervisor
 
 
 def _start_all(plan: StackPlan, state: StackState, configs: dict[str, Path], binaries: dict[str, str],
@@ -491,6 +633,11 @@ def _start_all(plan: StackPlan, state: StackState, configs: dict[str, Path], bin
 
     progress(f"starting {plan.replicas} {plan.engine} engine(s)")
     engines = []
+    if plan.engine == "vllm":
+        binding = cpu_binding(plan.replicas, plan.tp)
+        if binding.warning:
+            progress(f"warning: {binding.warning}")
+            state.notes.append(binding.warning)
     for i, name in enumerate(plan.replica_names()):
         port = p.engine_port(i)
         base = f"http://{HOST}:{port}"
@@ -501,11 +648,14 @@ def _start_all(plan: StackPlan, state: StackState, configs: dict[str, Path], bin
                 command += ["--shutdown-timeout-s", str(plan.shutdown_timeout_s)]
             engines.append(spawn(f"engine-{name}", "engine", command, port, base, f"{base}/health"))
         else:
+            # Each replica on its own cores (VLLM_CPU_OMP_THREADS_BIND): with vLLM's "auto", every replica binds
+            # its rank 0 to the same first core.
             config = EngineConfig(model_dir=Path(plan.model_dir).resolve(), port=port, host=HOST,
                                   served_model_name="tiny", tensor_parallel_size=plan.tp, kv_cache_space_gib=1,
-                                  shutdown_timeout_s=plan.shutdown_timeout_s, extra_args=list(plan.vllm_args))
+                                  omp_threads_bind=binding.binds[i], shutdown_timeout_s=plan.shutdown_timeout_s,
+                                  extra_args=list(plan.vllm_args))
             engines.append(spawn(f"engine-{name}", "engine", config.command(), port, base, f"{base}/health",
-                                 env=config.environment(), stop_grace_s=VLLM_STOP_GRACE_S))
+                                 env_overrides=config.env_overrides(), stop_grace_s=VLLM_STOP_GRACE_S))
     # The monitoring side starts while the engines warm up (vLLM takes a minute); they only need the ports.
     services = []
     receiver_env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -599,7 +749,14 @@ def down(state_dir: Path) -> list[str]:
     if state is None:
         return []
     was_running = [c.name for c in state.components if c.group_alive()]
-    survivors = _stop_components(state.components)
+    # The supervisor first: it might restart an engine while we stop it. It records every engine it starts in the
+    # state file before waiting on it, so the file read again afterwards names the engines that run now.
+    supervisors = [c for c in state.components if c.kind == "supervisor"]
+    survivors = _stop_components(supervisors)
+    if supervisors:
+        state = StackState.load(Path(state_dir)) or state
+        was_running += [c.name for c in state.components if c.name not in was_running and c.group_alive()]
+    survivors += _stop_components([c for c in state.components if c.kind != "supervisor"])
     if survivors:
         raise StackError(f"still running after SIGKILL: {', '.join(survivors)} — see `ps -g PID`")
     socket_path = state.haproxy_socket
@@ -619,9 +776,11 @@ def status(state_dir: Path) -> dict:
     rows = []
     for c in state.components:
         alive = c.leader_alive()
-        code = http_status(c.health_url, timeout_s=1.0) if alive else None
+        # A component with no HTTP endpoint (the supervisor) is healthy while its process runs.
+        code = http_status(c.health_url, timeout_s=1.0) if alive and c.health_url else None
+        healthy = alive and (code == 200 or not c.health_url)
         rows.append({"name": c.name, "kind": c.kind, "pid": c.pid, "port": c.port, "alive": alive,
-                     "health": code, "healthy": alive and code == 200, "url": c.url, "log": c.log})
+                     "health": code, "healthy": healthy, "url": c.url, "log": c.log})
     servers = []
     if state.haproxy_socket.exists():
         try:
@@ -691,3 +850,14 @@ class Gateway:
         return [{"name": values["svname"], "status": values.get("status"),
                  "weight": int(values.get("weight") or 0), "check": values.get("check_status")}
                 for values in self.stat_rows()]
+
+    def wait_server_status(self, server: str, status: str = "UP", timeout_s: float = 20.0) -> float:
+        """Wait until HAProxy reports `server` in `status` (UP, DOWN, DRAIN, MAINT); returns the seconds waited."""
+        started = time.monotonic()
+        seen = None
+        while time.monotonic() - started < timeout_s:
+            seen = next((s["status"] for s in self.servers() if s["name"] == server), None)
+            if seen is not None and seen.split(" ")[0] == status:
+                return time.monotonic() - started
+            time.sleep(POLL_S / 4)
+        raise StackError(f"HAProxy server {server}: {seen} after {timeout_s:g} s, expected {status}")

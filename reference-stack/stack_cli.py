@@ -54,6 +54,11 @@ def up_cmd(
     weights: Annotated[Optional[str], typer.Option("--weights", help="HAProxy weight per replica, e.g. 90,10.")]
     = None,
     exporter: Annotated[bool, typer.Option("--exporter/--no-exporter", help="Run the Forge exporter.")] = True,
+    supervise: Annotated[bool, typer.Option("--supervise", help="Run the replica supervisor: it drains, restarts "
+                                            "and puts back a replica whose engine exits, fails /health or hangs "
+                                            "(logs/supervisor.log).")] = False,
+    stall_seconds: Annotated[float, typer.Option("--stall-seconds", help="--supervise: a replica is hung when "
+                                                 "requests run but no token comes out for this long.")] = 30.0,
     engine_port: Annotated[int, typer.Option("--engine-port", help="First engine's port (replica i: +i).")]
     = stack.Ports.engine,
     gateway_port: Annotated[int, typer.Option("--gateway-port")] = stack.Ports.gateway,
@@ -72,6 +77,7 @@ def up_cmd(
     plan = stack.StackPlan(
         state_dir=state_dir, engine=engine.value, replicas=replicas, tp=tp, model_dir=model_dir,
         rule_files=list(rules) if rules else [stack.DEFAULT_RULES], exporter=exporter, weights=weight_list,
+        supervise=supervise, stall_seconds=stall_seconds,
         ports=stack.Ports(engine=engine_port, gateway=gateway_port, haproxy_stats=haproxy_stats_port,
                           exporter=exporter_port, prometheus=prometheus_port, alertmanager=alertmanager_port,
                           receiver=receiver_port))
@@ -123,8 +129,11 @@ def _print_status(report: dict) -> None:
         table.add_column(column)
     for r in report["components"]:
         process = "[green]running[/green]" if r["alive"] else "[red]gone[/red]"
-        health = "[green]200[/green]" if r["healthy"] else f"[red]{r['health'] or 'no answer'}[/red]"
-        table.add_row(r["name"], str(r["pid"]), str(r["port"]), process, health, r["url"])
+        if not r["url"]:  # no HTTP endpoint (the supervisor): its process is its health
+            health = "[green]n/a[/green]" if r["healthy"] else "[red]n/a[/red]"
+        else:
+            health = "[green]200[/green]" if r["healthy"] else f"[red]{r['health'] or 'no answer'}[/red]"
+        table.add_row(r["name"], str(r["pid"]), str(r["port"] or "-"), process, health, r["url"] or r["log"])
     console.print(table)
     if report["servers"]:
         console.print("HAProxy: " + ", ".join(f"{s['name']} {s['status']} (weight {s['weight']})"
@@ -150,18 +159,41 @@ def down_cmd(state_dir: StateDir = stack.DEFAULT_STATE_DIR) -> None:
 
 @app.command("logs")
 def logs_cmd(
-    component: Annotated[str, typer.Argument(help="engine-s0, haproxy, prometheus, alertmanager, receiver, exporter")],
+    component: Annotated[str, typer.Argument(help="engine-s0, haproxy, prometheus, alertmanager, receiver, exporter, "
+                                                  "supervisor")],
     state_dir: StateDir = stack.DEFAULT_STATE_DIR,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many of the last lines.")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Then print new lines as they come (like tail -F: "
+                                         "survives a restarted replica's new log); ends on Ctrl-C or when the "
+                                         "stack is brought down.")] = False,
 ) -> None:
-    """The last lines of a component's log."""
+    """The last lines of a component's log; with --follow, every new line too."""
     log = Path(state_dir) / "logs" / f"{component}.log"
+    if lines < 0:
+        _err(f"--lines {lines}: use 0 or more")
+        raise typer.Exit(EXIT_BAD_INPUT)
     if not log.is_file():
         known = sorted(p.stem for p in (Path(state_dir) / "logs").glob("*.log"))
         _err(f"{component}: no such component log in {state_dir}/logs — use one of: "
              f"{', '.join(known) or '(none: start the stack with `forge stack up`)'}")
         raise typer.Exit(EXIT_BAD_INPUT)
-    typer.echo(stack.log_tail(log, lines))
+    if not follow:
+        typer.echo(stack.log_tail(log, lines))
+        return
+    running = stack.stack_started_at(Path(state_dir)) is not None
+    try:
+        for line in stack.follow_log(log, Path(state_dir), lines):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()  # a pipe (| grep) sees each line as it comes
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_OK)
+    except BrokenPipeError:  # `| head`: the reader is gone
+        raise typer.Exit(EXIT_OK)
+    if running:
+        typer.echo(f"forge stack: the stack in {state_dir} was brought down — stopped following {component}",
+                   err=True)
+    else:
+        typer.echo(f"forge stack: no stack running in {state_dir} — nothing to follow", err=True)
 
 
 def _gateway(state_dir: Path) -> stack.Gateway:

@@ -99,7 +99,7 @@ class EngineConfig:
     block_size: int | None = None          # vLLM's CPU default is 128 tokens (16 on GPUs)
     tensor_parallel_size: int = 1
     # OpenMP core binding per rank, e.g. "0|1" for TP=2 (without it TP=2 fails: "Not enough allowed NUMA
-    # nodes"). None: "0|1|..." when TP > 1, else vLLM's "auto".
+    # nodes"). None: "0|1|..." when TP > 1, else vLLM's "auto". Several replicas on one machine: cpu_binding().
     omp_threads_bind: str | None = None
     max_model_len: int | None = None
     # Skip torch.compile: with an explicit KV size vLLM then skips the warm-up pass too (much faster start).
@@ -130,20 +130,97 @@ class EngineConfig:
             cmd += ["--shutdown-timeout", str(self.shutdown_timeout_s)]
         return cmd + list(self.extra_args)
 
-    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ if base is None else base)
-        env["HF_HUB_OFFLINE"] = "1"  # no hub is reachable; never wait on it
-        env["PYTHONUNBUFFERED"] = "1"  # log lines reach the file as they happen (the health-wait reads them)
+    def env_overrides(self) -> dict[str, str]:
+        """What this engine sets on top of the inherited environment (the stack records it per engine: a restart
+        gets the same binding, and `forge stack status` shows it; the rest of the environment is never recorded)."""
+        env = {"HF_HUB_OFFLINE": "1",       # no hub is reachable; never wait on it
+               "PYTHONUNBUFFERED": "1"}     # log lines reach the file as they happen (the health-wait reads them)
         if self.kv_cache_space_gib is not None:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.kv_cache_space_gib)
-        else:
-            env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # an inherited value would override kv_cache_memory_bytes
         bind = self.omp_threads_bind
         if bind is None and self.tensor_parallel_size > 1:
             bind = "|".join(str(core) for core in range(self.tensor_parallel_size))
         if bind is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = bind
         return env
+
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        if self.kv_cache_space_gib is None:
+            env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # an inherited value would override kv_cache_memory_bytes
+        env.update(self.env_overrides())
+        return env
+
+
+# ------------------------------------------------------------------------------------------- CPU binding
+@dataclass(frozen=True)
+class CpuBinding:
+    """VLLM_CPU_OMP_THREADS_BIND for each replica (TP ranks separated by `|`, as vLLM expects), and a one-line
+    warning when the replicas must share cores."""
+
+    binds: list[str]
+    cores: list[int]
+    warning: str | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.warning is not None
+
+
+def allowed_cores() -> list[int]:
+    """The cores this process may run on (its affinity mask: taskset, cgroup cpusets), sorted."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def format_cores(cores: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (vLLM parses this form: vllm/utils/cpu_resource_utils.parse_id_list)."""
+    parts: list[str] = []
+    run: list[int] = []
+    for core in sorted(cores):
+        if run and core != run[-1] + 1:
+            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+            run = []
+        run.append(core)
+    if run:
+        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ",".join(parts)
+
+
+def parse_cores(spec: str) -> list[int]:
+    """"0-2,5" -> [0, 1, 2, 5]; one TP rank's part of a VLLM_CPU_OMP_THREADS_BIND value."""
+    cores: set[int] = set()
+    for part in filter(None, spec.split(",")):
+        first, _, last = part.partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return sorted(cores)
+
+
+def cpu_binding(replicas: int, tp: int, cores: list[int] | None = None) -> CpuBinding:
+    """Give every TP rank of every replica its own cores, so replicas never fight over one core.
+
+    With R replicas x TP ranks <= the cores, each rank gets an equal, disjoint block (in `cores` order); when
+    there are at least R cores more than ranks, one core per replica is kept out of the blocks for the engines'
+    API servers and busy-polling schedulers (vLLM's own "auto" binding reserves cores for them the same way).
+    Cores left over by the division stay unbound too. With fewer cores than ranks, ranks get the cores
+    round-robin and the warning says the replicas will contend. (vLLM's "auto" puts every replica's rank 0 on
+    the first core of NUMA node 0: two TP=1 replicas on one core, and one of them failed to start here.)"""
+    if replicas < 1 or tp < 1:
+        raise ValueError(f"replicas {replicas}, tp {tp}: both must be >= 1")
+    cores = sorted(set(allowed_cores() if cores is None else cores))
+    if not cores:
+        raise ValueError("no cores to bind to")
+    ranks = replicas * tp
+    warning = None
+    if ranks <= len(cores):
+        usable = len(cores) - replicas if len(cores) >= ranks + replicas else len(cores)
+        per_rank = usable // ranks
+        blocks = [cores[i * per_rank:(i + 1) * per_rank] for i in range(ranks)]
+    else:
+        blocks = [[cores[i % len(cores)]] for i in range(ranks)]
+        warning = (f"{replicas} replica(s) x TP {tp} = {ranks} ranks on {len(cores)} core(s) "
+                   f"({format_cores(cores)}): cores shared round-robin, replicas will contend")
+    binds = ["|".join(format_cores(blocks[r * tp + rank]) for rank in range(tp)) for r in range(replicas)]
+    return CpuBinding(binds=binds, cores=cores, warning=warning)
 
 
 class VllmEngine:

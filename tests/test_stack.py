@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import LogFollower, wait_for
 import yaml
 from typer.testing import CliRunner
 
@@ -207,13 +207,54 @@ def test_status_and_logs_commands(running):
     assert logs.exit_code == 0 and "engines/s1 is DOWN" in logs.output
     missing = runner.invoke(stack_app, ["logs", "nope", "--state-dir", str(running.state_dir)])
     assert missing.exit_code == 2
+    missing = runner.invoke(stack_app, ["logs", "nope", "--follow", "--state-dir", str(running.state_dir)])
+    assert missing.exit_code == 2 and "no such component log" in missing.output
+
+
+def test_logs_follow_prints_new_lines_survives_a_recreated_log_and_ends_on_ctrl_c(running):
+    """engine-s1 crashed above: its log is quiet, so the lines written here are the only new ones."""
+    import signal
+
+    log = running.state_dir / "logs" / "engine-s1.log"
+    tail = stack.log_tail(log, 3).splitlines()
+    follower = LogFollower(running.state_dir, "engine-s1", lines=3)
+    try:
+        assert follower.saw(tail[-1], 20), follower.lines  # the last lines first (the CLI takes ~2 s to start)
+        assert follower.lines[:len(tail)] == tail
+        with log.open("a") as f:
+            f.write("follow-test: appended 1\nfollow-test: appended 2\n")
+        assert follower.saw("follow-test: appended 2", 5), follower.lines
+        # A restart that writes a new file under the same name (tail -F's case): the old one moved away.
+        log.rename(log.with_suffix(".log.1"))
+        time.sleep(0.5)  # a poll or two with no file: the follower must wait for it, not end
+        log.write_text("follow-test: new file 1\n")
+        assert follower.saw("follow-test: new file 1", 5), follower.lines
+        with log.open("a") as f:
+            f.write("follow-test: new file 2\n")
+        assert follower.saw("follow-test: new file 2", 5), follower.lines
+        assert follower.process.poll() is None  # still following: the stack is up
+        follower.process.send_signal(signal.SIGINT)  # Ctrl-C
+        code, stderr = follower.wait(10)
+        assert code == 0 and "Traceback" not in stderr, stderr
+        assert [line for line in follower.lines if line.startswith("follow-test")] == [
+            "follow-test: appended 1", "follow-test: appended 2", "follow-test: new file 1", "follow-test: new file 2"]
+    finally:
+        follower.kill()
 
 
 def test_down_leaves_no_process_behind(running):
     pids = [c.pid for c in running.components]
     ports = running.plan["ports"]
-    result = runner.invoke(stack_app, ["down", "--state-dir", str(running.state_dir)])
-    assert result.exit_code == 0, result.output
+    follower = LogFollower(running.state_dir, "haproxy", lines=1)
+    try:
+        assert wait_for(lambda: follower.lines, 20), "the follower printed nothing"
+        result = runner.invoke(stack_app, ["down", "--state-dir", str(running.state_dir)])
+        assert result.exit_code == 0, result.output
+        # `logs --follow` stops by itself once the stack is down: exit 0 and a one-line note.
+        code, stderr = follower.wait(10)
+        assert code == 0 and "brought down" in stderr and len(stderr.strip().splitlines()) == 1, (code, stderr)
+    finally:
+        follower.kill()
     assert not [pid for pid in pids if stack._group_members(pid)]
     assert all(stack.port_is_free("127.0.0.1", port) for name, port in ports.items() if name != "engine")
     assert not (running.state_dir / "state.json").exists()
@@ -267,6 +308,8 @@ def test_bad_options_are_bad_input(tmp_path):
     assert result.exit_code == 2 and "--tp applies to --engine vllm only" in result.output
     result = runner.invoke(stack_app, ["up", "--replicas", "2", "--weights", "1", "--state-dir", str(tmp_path)])
     assert result.exit_code == 2 and "--weights" in result.output
+    result = runner.invoke(stack_app, ["up", "--supervise", "--stall-seconds", "0", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--stall-seconds 0: use 1 to 3600" in result.output
 
 
 def _fake_haproxy_socket(path: Path, answer: str):

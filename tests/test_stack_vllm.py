@@ -5,16 +5,18 @@ the rest of the stack's behaviour; this module proves the same wiring holds with
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 import yaml
 from helpers import wait_for
 
 from forge.reference_stack import model_build, stack
-from forge.reference_stack.vllm_engine import REPO_ROOT, vllm_python
+from forge.reference_stack.vllm_engine import REPO_ROOT, parse_cores, vllm_python
 
 pytestmark = [pytest.mark.vllm, pytest.mark.stack, pytest.mark.timeout(600)]
 MODEL_DIR = REPO_ROOT / model_build.DEFAULT_MODEL_DIR
@@ -61,6 +63,41 @@ def test_real_completions_through_the_gateway(running):
         assert answer["model"] == "tiny"
         served.add(answer["id"])
     assert len(served) == 6
+
+
+def _pinned_cores(component: stack.Component) -> set[int]:
+    """Cores the engine's threads are pinned to, measured: the union of every thread affinity (all processes of the
+    engine's group: API server, EngineCore, workers) narrower than what this machine allows. vLLM's workers bind
+    their OpenMP threads to VLLM_CPU_OMP_THREADS_BIND; the unpinned threads allow every core and are left out."""
+    allowed = set(os.sched_getaffinity(0))
+    pinned: set[int] = set()
+    for pid in stack._group_members(component.pid):
+        for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+            try:
+                affinity = os.sched_getaffinity(int(task.name))
+            except OSError:  # the thread ended meanwhile
+                continue
+            if affinity < allowed:
+                pinned |= affinity
+    return pinned
+
+
+def test_each_replica_runs_on_its_own_cores(running):
+    """Two TP=1 replicas with vLLM's "auto" binding both pinned their worker to core 0 (one start-up failed); the
+    stack now gives each its own cores, and the engines' threads really run there (after the completions above,
+    so every worker has run its OpenMP threads)."""
+    engines = running.engines()
+    binds = [c.env["VLLM_CPU_OMP_THREADS_BIND"] for c in engines]
+    recorded = [set(parse_cores(b.replace("|", ","))) for b in binds]
+    pinned = [_pinned_cores(c) for c in engines]
+    print(f"\nVLLM_CPU_OMP_THREADS_BIND per replica: {binds}; threads pinned to: {[sorted(p) for p in pinned]}")
+    if len(os.sched_getaffinity(0)) < 2:  # one core: nothing to split; the stack says the replicas contend
+        assert any("contend" in note for note in running.notes), running.notes
+        return
+    assert recorded[0].isdisjoint(recorded[1]), binds
+    assert all(pinned), f"no thread of an engine is pinned: {pinned}"
+    assert pinned[0] <= recorded[0] and pinned[1] <= recorded[1], (pinned, binds)
+    assert pinned[0].isdisjoint(pinned[1]), pinned
 
 
 def test_prometheus_scrapes_every_target_and_loaded_the_rules(running):
