@@ -264,6 +264,9 @@ class Hardware(Strict):
     replicas: ReplicaRange | None = None
     capacity: Literal["on-demand", "spot", "reserved"] = "on-demand"
     price_per_gpu_hour: float | None = Field(None, ge=0, le=10_000, description="USD per GPU-hour.")
+    calibration: str | None = Field(
+        None, min_length=1, description="Efficiency factors fitted on this engine by `forge capacity calibrate --save "
+        "FILE` (path relative to this file); the capacity model uses them instead of the hardware catalog's.")
 
     @field_validator("gpu")
     @classmethod

@@ -135,6 +135,9 @@ def apply_waivers(findings: list[Finding], deployment: Deployment, as_of: dt.dat
 
 
 def assess_loaded(loaded: LoadedDeployment, as_of: dt.date | None = None) -> Assessment:
+    from forge.readiness.capacity import deployment_calibration
+
+    deployment_calibration(loaded.deployment, loaded.path.parent)  # a bad hardware.calibration file is bad input (exit 2)
     ctx = CheckContext(loaded, as_of or dt.date.today())
     findings: list[Finding] = []
     for check in all_checks().values():

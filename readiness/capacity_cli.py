@@ -245,11 +245,13 @@ def plan_cmd(
         _table(plan, Console(width=max(Console().width, 150)))
 
 
-def _calibration_table(report: dict, console: Console) -> None:
+def _calibration_table(report: dict, console: Console, title: str = "Calibration") -> None:
     c = report["conditions"]
-    table = Table(title=f"Calibration — {c['requests_ok']} requests at {_fmt(c['offered_requests_per_second'], '.2f')} "
-                        f"req/s over {_fmt(c['window_seconds'], '.1f')} s on {c['gpu']} "
-                        f"(±{report['tolerance_pct']:g} % on p50s and throughput)")
+    source = report.get("efficiency", {}).get("source", "hardware catalog")
+    table = Table(title=f"{title} — {c['requests_ok']} requests at {_fmt(c['offered_requests_per_second'], '.2f')} "
+                        f"req/s over {_fmt(c['window_seconds'], '.1f')} s on {c['gpu']}, "
+                        f"{_fmt(c.get('prompt_tokens_mean'), '.0f')}/{_fmt(c.get('output_tokens_mean'), '.0f')} tokens "
+                        f"(factors: {source}; ±{report['tolerance_pct']:g} % on p50s and throughput)")
     for column in ("metric", "predicted", "measured", "error %", f"within ±{report['tolerance_pct']:g} %"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for row in report["rows"]:
@@ -285,47 +287,159 @@ def _run_load(target: str, deploy_file: Path, out: Path, rate: float, duration: 
         raise InputError(f"--target {target}: the load run failed ({last})")
 
 
+# The issue's three traffic shapes (prompt, output, requests/s): light enough for one CPU replica of the tiny model
+# to keep up, so that medians measure the engine rather than a queue that grows for as long as the run lasts.
+CALIBRATION_SHAPES = {
+    "short-chat": ("fixed:64", "fixed:32", 4.0),
+    "long-prompt": ("fixed:768", "fixed:16", 1.0),
+    "long-output": ("fixed:32", "fixed:192", 1.5),
+}
+
+
+def parse_shape(spec: str) -> tuple[str, str, str, float]:
+    """`short-chat` | `long-prompt` | `long-output` | `PROMPT,OUTPUT,RATE` (forge load run's length forms)."""
+    if spec in CALIBRATION_SHAPES:
+        return (spec, *CALIBRATION_SHAPES[spec])
+    parts = spec.split(",")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        rate = float(parts[2])
+        if not rate > 0:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"--shape {spec!r}: use {', '.join(CALIBRATION_SHAPES)} or PROMPT,OUTPUT,RATE (e.g. "
+                         "fixed:256,fixed:64,2)") from None
+    return spec, parts[0], parts[1], rate
+
+
+def _engine_version(target: str) -> str | None:
+    """'vllm 0.32.0' from the engine's /version (vLLM's OpenAI server has it), or None."""
+    import httpx
+
+    try:
+        response = httpx.get(target.rstrip("/") + "/version", timeout=2.0, trust_env=False)
+        version = response.json().get("version") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return f"vllm {version}" if version else None
+
+
+def _fit_table(result: dict, console: Console) -> None:
+    table = Table(title=f"Fitted on {len(result['runs'])} run(s): predicted with the catalog's factors → fitted factors, "
+                        f"against measured (±{result['tolerance_pct']:g} %)")
+    for column in ("run", "metric", "catalog", "fitted", "measured", "error %", "within"):
+        table.add_column(column, justify="left" if column in ("run", "metric") else "right")
+    for run in result["runs"]:
+        for before, after in zip(run["before"]["rows"], run["after"]["rows"]):
+            if after["within_tolerance"] is None:
+                continue
+            seconds = after["metric"].endswith("_seconds")
+            scale, spec, unit = (1000, ".1f", " ms") if seconds else (1, ".1f", "")
+            table.add_row(run["source"], after["metric"].replace("_seconds", ""),
+                          _fmt(before["predicted"] and before["predicted"] * scale, spec) + unit,
+                          _fmt(after["predicted"] and after["predicted"] * scale, spec) + unit,
+                          _fmt(after["measured"] and after["measured"] * scale, spec) + unit,
+                          _fmt(after["error_pct"], "+.1f"), "yes" if after["within_tolerance"] else "NO")
+    console.print(table)
+    eff = result["efficiency"]
+    console.print("fitted: " + ", ".join(
+        f"{k} {v}" if not isinstance(v, dict) else f"{k} " + ", ".join(f"{p} {x:.3g}" for p, x in v.items())
+        for k, v in eff.items()))
+    if result.get("saved"):
+        console.print(f"saved to {result['saved']} — point deploy.yaml's hardware.calibration at it")
+
+
 @app.command("calibrate")
 def calibrate_cmd(
     deploy_file: Annotated[Path, typer.Option("--deploy", help="deploy.yaml whose model predicts the run")],
     target: Annotated[str | None, typer.Option("--target", help="Base URL of a live engine to load "
                                                "(loopback), e.g. http://127.0.0.1:8000")] = None,
-    results: Annotated[Path | None, typer.Option("--results", help="results.jsonl of a `forge load run` "
-                                                 "instead of a live run")] = None,
+    results: Annotated[list[Path] | None, typer.Option("--results", help="results.jsonl of a `forge load run` "
+                                                       "instead of a live run (repeat for several)")] = None,
+    shapes: Annotated[list[str] | None, typer.Option(
+        "--shape", help="Live runs, one per shape: short-chat, long-prompt, long-output or PROMPT,OUTPUT,RATE "
+                        "(repeat; `all` = the three; default: one run of --prompt-tokens/--output-tokens at --rate)")] = None,
     rate: Annotated[float, typer.Option("--rate", help="Poisson requests/s of the live run")] = 2.0,
-    duration: Annotated[float, typer.Option("--duration", help="Seconds of the live run")] = 20.0,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds of each live run")] = 20.0,
     max_requests: Annotated[int | None, typer.Option("--max-requests", min=1, help="At most N requests")] = None,
     prompt_tokens: Annotated[str | None, typer.Option("--prompt-tokens", help="Shape as `forge load run` takes it "
                                                       "(default: deploy.yaml traffic)")] = None,
     output_tokens: Annotated[str | None, typer.Option("--output-tokens", help="Same forms")] = None,
+    prefix_hit_rate: Annotated[float, typer.Option(
+        "--prefix-hit-rate", min=0.0, max=1.0, help="Prefix-cache hit rate of the measured runs (forge load run's "
+                                                    "prompts share none unless given --shared-prefix-tokens)")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the live run")] = 0,
+    save: Annotated[Path | None, typer.Option("--save", help="Fit the efficiency factors to the runs and write them "
+                                              "here (YAML) for deploy.yaml's hardware.calibration")] = None,
     output_format: Annotated[PlanFormat, typer.Option("--format", "-f", help="table or json")] = PlanFormat.table,
     json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the JSON report here")] = None,
 ) -> None:
-    """Predicted vs measured TTFT, ITL and throughput at a measured load: the model's error table (±25 %)."""
+    """Predicted vs measured TTFT, ITL and throughput at measured loads (±25 %); with --save, fit and store the factors."""
+    import datetime
+    import os
     import tempfile
+
+    import yaml
 
     from forge.load.metrics import read_results
     from forge.loader import load
-    from forge.readiness.capacity import calibrate
+    from forge.readiness.capacity import (CALIBRATION_FIT_FORMAT, CALIBRATION_TOLERANCE, calibrate,
+                                          calibration_document, fit_efficiency)
 
     try:
-        if (target is None) == (results is None):
+        if (target is None) == (not results):
             raise InputError("give exactly one of --target URL (a live run) or --results results.jsonl")
         if rate <= 0 or duration <= 0:
             raise InputError(f"--rate {rate:g} and --duration {duration:g} must be > 0")
         if output_format is PlanFormat.html:
             raise InputError("--format html is for `forge capacity plan`; calibrate prints table or json")
+        if shapes and target is None:
+            raise InputError("--shape runs live loads: give --target URL with it")
+        if save is not None and (save.is_dir() or not save.parent.is_dir()):
+            raise InputError(f"--save {save}: give a file in an existing directory")
+        runs_to_do = [parse_shape(s) for name in (shapes or []) for s in
+                      (list(CALIBRATION_SHAPES) if name == "all" else [name])]
         loaded = load(deploy_file)
+        sources: list[str] = []
+        runs: list[list[dict]] = []
+        engine = None
         if target is not None:
             with tempfile.TemporaryDirectory(prefix="forge-calibrate-") as tmp:
-                out = Path(tmp) / "results.jsonl"
-                _run_load(target, deploy_file, out, rate, duration, max_requests, prompt_tokens, output_tokens, seed)
-                records = read_results(out)
+                plan = runs_to_do or [(None, prompt_tokens, output_tokens, rate)]
+                for index, (name, prompt, output, shape_rate) in enumerate(plan):
+                    out = Path(tmp) / f"results-{index}.jsonl"
+                    _run_load(target, deploy_file, out, shape_rate, duration, max_requests, prompt, output,
+                              seed + index)
+                    runs.append(read_results(out))
+                    sources.append(name or target)
+            engine = _engine_version(target)
         else:
-            records = read_results(results)
-        report = calibrate(loaded.deployment, records, loaded.path.parent)
-        report["conditions"]["source"] = target or str(results)
+            for path in results:
+                runs.append(read_results(path))
+                sources.append(str(path))
+        base_dir = loaded.path.parent
+        if save is None and len(runs) == 1:
+            report = calibrate(loaded.deployment, runs[0], base_dir, prefix_hit_rate)
+            report["conditions"]["source"] = sources[0]
+        elif save is None:
+            reports = [calibrate(loaded.deployment, records, base_dir, prefix_hit_rate) for records in runs]
+            for source, one in zip(sources, reports):
+                one["conditions"]["source"] = source
+            report = {"format": "forge.capacity.calibration-runs/v1", "tolerance_pct": 100 * CALIBRATION_TOLERANCE,
+                      "runs": reports, "all_within_tolerance": all(r["all_within_tolerance"] for r in reports)}
+        else:
+            fit = fit_efficiency(loaded.deployment, runs, base_dir, prefix_hit_rate)
+            created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+            document = calibration_document(loaded.deployment, fit, sources, engine, created, os.getloadavg())
+            header = (f"# Efficiency factors for {document['gpu']} fitted by `forge capacity calibrate` on {created}.\n"
+                      "# Point deploy.yaml's hardware.calibration at this file (relative to it); docs/capacity.md.\n")
+            save.write_text(header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+            report = {"format": CALIBRATION_FIT_FORMAT, "tolerance_pct": 100 * CALIBRATION_TOLERANCE,
+                      "saved": str(save), "efficiency": document["efficiency"], "fit": {
+                          k: document["fit"][k] for k in ("loss", "evaluations", "max_abs_error_pct", "rms_error_pct")},
+                      "runs": [{"source": s, "before": b, "after": a}
+                               for s, b, a in zip(sources, fit["before"], fit["after"])]}
     except InputError as exc:
         for message in exc.messages:
             sys.stderr.write(f"error: {message}\n")
@@ -335,8 +449,13 @@ def calibrate_cmd(
         json_out.write_text(text)
     if output_format is PlanFormat.json:
         sys.stdout.write(text)
+        return
+    console = Console(width=max(Console().width, 120))
+    if report["format"] == CALIBRATION_FIT_FORMAT:
+        _fit_table(report, console)
     else:
-        _calibration_table(report, Console(width=max(Console().width, 120)))
+        for one in report.get("runs", [report]):
+            _calibration_table(one, console, f"Calibration {one['conditions'].get('source', '')}".strip())
 
 
 @app.callback()
