@@ -36,7 +36,7 @@ demo: $(DEMO_DEPS)
 	@$(BIN)/forge chaos run engine-hang --journal $(OUT)/chaos-engine-hang.json > $(OUT)/chaos-engine-hang.log 2>&1; \
 	  rc=$$?; tail -n 2 $(OUT)/chaos-engine-hang.log; [ $$rc -le 1 ] || exit $$rc
 	@trap '$(BIN)/forge stack down --state-dir $(DEMO_STATE) >/dev/null 2>&1' EXIT; \
-	  $(BIN)/forge stack up --engine $(ENGINE) --replicas 2 --state-dir $(DEMO_STATE) || exit 2; \
+	  $(BIN)/forge stack up --engine $(ENGINE) --replicas 2 --supervise --stall-seconds 30 --state-dir $(DEMO_STATE) || exit 2; \
 	  ports=$$($(BIN)/forge stack status --state-dir $(DEMO_STATE) --format json \
 	    | $(BIN)/python -c 'import json,sys; p=json.load(sys.stdin)["plan"]["ports"]; print(p["gateway"], p["prometheus"])'); \
 	  gateway=http://127.0.0.1:$${ports% *}; prometheus=http://127.0.0.1:$${ports#* }; \
