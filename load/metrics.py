@@ -22,8 +22,6 @@ from typing import Any
 
 from forge.errors import InputError
 
-from forge.load.client import OUTCOMES
-
 SUMMARY_FORMAT = "forge.load.summary/v1"
 PERCENTILES = (50, 90, 95, 99)
 
@@ -77,6 +75,9 @@ def is_good(record: dict, slo: dict[str, float]) -> bool:
 
 def summarize(records: list[dict], *, scheduled: int | None = None, slo: Any = None,
               meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    # Imported here: forge.load.client brings aiohttp (~0.4 s), which readiness checks reading results don't need.
+    from forge.load.client import OUTCOMES
+
     scheduled = len(records) if scheduled is None else scheduled
     outcomes = Counter(r.get("outcome", "unknown") for r in records)
     statuses = Counter(str(r["status"]) for r in records if r.get("outcome") == "http_error" and r.get("status"))

@@ -26,7 +26,6 @@ from typing import Any
 from forge.errors import InputError
 from forge.hardware import CALIBRATION_FILE_FORMAT, GPU, Calibration, Efficiency, get as get_gpu, load_calibration
 from forge.load.arrivals import inter_arrival_gaps
-from forge.load.traces import load_trace
 from forge.models import ModelGeometry, dtype_bytes, geometry, layers_per_stage
 from forge.schema import Deployment, RateProfile, TokenProfile
 
@@ -492,6 +491,8 @@ def make_workload(prompt: tuple[int, int, int], output: tuple[int, int, int], pr
 
 @lru_cache(maxsize=16)
 def _trace_entries(path: str, stamp: tuple[float, int]) -> tuple[list, float]:
+    from forge.load.traces import load_trace  # only a trace-driven deploy file needs the trace readers
+
     entries = load_trace(Path(path))[:MAX_TRACE_REQUESTS]
     if len(entries) < 2 or entries[-1].offset_s <= entries[0].offset_s:
         raise InputError(f"traffic.arrival.trace {path}: needs at least two requests at different times to give a "
@@ -644,6 +645,7 @@ def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float |
     step_overhead = step.overhead_seconds
     sequence_overhead = step.sequence_overhead_seconds
     stages = step.pipeline_stages
+    max_steps = MAX_STEPS_PER_EVENT
     ceil = math.ceil
     heappush, heappop = heapq.heappush, heapq.heappop
     t = 0.0
@@ -688,25 +690,32 @@ def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float |
 
         batch = len(decoding)
         context_sum = context_base + batch * gained * steps_done
-        budget = max_batched - batch * fed
-        if prefilling and budget > 0:
-            chunk = float(budget)
-            if pending_prefill < chunk:
-                chunk = pending_prefill
+        if prefilling:
+            head = prefilling[0]
+            budget = max_batched - batch * fed
+            if budget > 0:
+                chunk = float(budget)
+                if pending_prefill < chunk:
+                    chunk = pending_prefill
+            else:
+                chunk = 0.0
+            if batch == 0 and chunk <= 0:
+                chunk = float(max_batched)
+                if pending_prefill < chunk:
+                    chunk = pending_prefill
+            chunk_context = chunk * (head[2] + chunk / 2) if chunk else 0.0
         else:
-            chunk = 0.0
-        if prefilling and batch == 0 and chunk <= 0:
-            chunk = float(max_batched)
-            if pending_prefill < chunk:
-                chunk = pending_prefill
-        head = prefilling[0] if prefilling else None
-        chunk_context = chunk * (head[2] + chunk / 2) if chunk and head else 0.0
+            head = None
+            chunk = chunk_context = 0.0
+        sampled = batch + 1 if chunk else batch
 
-        # StepModel.seconds(batch, context_sum, chunk, chunk_context), inlined.
+        # StepModel.seconds(batch, context_sum, chunk, chunk_context), inlined. A term that is zero for this
+        # replica (no tensor-parallel collectives, no per-sequence overhead, one pipeline stage) is skipped:
+        # adding 0.0 or multiplying by 1 changes no bit.
         tokens = batch * fed + chunk
         flops = (matmul * tokens
                  + attention * (context_sum * fed + chunk_context)
-                 + lm_head * (batch + (1 if chunk else 0)))
+                 + lm_head * sampled)
         weight_bytes = dense_bytes
         if expert_bytes:
             touched = 1.0 - expert_miss ** tokens
@@ -714,12 +723,17 @@ def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float |
         memory_bytes = weight_bytes + kv_per_token * context_sum
         compute_time = flops / peak
         memory_time = memory_bytes / bandwidth
-        roofline = memory_time if memory_time > compute_time else compute_time
-        collectives = allreduces * (collective_latency + allreduce_bytes * tokens / link)
-        dt = (roofline + collectives + step_overhead + sequence_overhead * (batch + (1 if chunk else 0))) * stages
+        dt = memory_time if memory_time > compute_time else compute_time
+        if allreduces:
+            dt = dt + allreduces * (collective_latency + allreduce_bytes * tokens / link)
+        dt = dt + step_overhead
+        if sequence_overhead:
+            dt = dt + sequence_overhead * sampled
+        if stages != 1:
+            dt = dt * stages
 
-        k = MAX_STEPS_PER_EVENT
-        if chunk and head is not None:
+        k = max_steps
+        if chunk:
             bound = ceil(head[1] / chunk - 1e-9)
             if bound < k:
                 k = bound
@@ -736,33 +750,35 @@ def simulate(step: StepModel, limits: BatchLimits, work: Workload, rate: float |
 
         if batch and t >= warm_time:
             itl_append((dt / gained, batch * k))
-        t += k * dt
-        busy += k * dt
+        elapsed = k * dt
+        t += elapsed
+        busy += elapsed
         steps_done += k
 
-        consumed = k * chunk
-        while prefilling and consumed > 1e-9:
-            entry = prefilling[0]
-            if entry[1] <= consumed + 1e-9:
-                consumed -= entry[1]
-                pending_prefill -= entry[1]
-                prefilling.popleft()
-                req = int(entry[0])
-                ttft[req] = t - arrivals[req]  # the step that ends the prefill samples the first token
-                remaining = outputs[req] - 1
-                if remaining <= 0:
-                    finished_at[req] = t
-                    kv_used -= kv_needed[req]
-                    continue
-                start_context = prompts[req] + 1
-                base = start_context - gained * steps_done
-                heappush(decoding, (steps_done + ceil(remaining / gained), req, base))
-                context_base += base
-            else:
-                entry[1] -= consumed
-                entry[2] += consumed
-                pending_prefill -= consumed
-                consumed = 0.0
+        if chunk:
+            consumed = k * chunk
+            while prefilling and consumed > 1e-9:
+                entry = prefilling[0]
+                if entry[1] <= consumed + 1e-9:
+                    consumed -= entry[1]
+                    pending_prefill -= entry[1]
+                    prefilling.popleft()
+                    req = int(entry[0])
+                    ttft[req] = t - arrivals[req]  # the step that ends the prefill samples the first token
+                    remaining = outputs[req] - 1
+                    if remaining <= 0:
+                        finished_at[req] = t
+                        kv_used -= kv_needed[req]
+                        continue
+                    start_context = prompts[req] + 1
+                    base = start_context - gained * steps_done
+                    heappush(decoding, (steps_done + ceil(remaining / gained), req, base))
+                    context_base += base
+                else:
+                    entry[1] -= consumed
+                    entry[2] += consumed
+                    pending_prefill -= consumed
+                    consumed = 0.0
         while decoding and decoding[0][0] <= steps_done:
             _, req, base = heappop(decoding)
             context_base -= base

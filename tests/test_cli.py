@@ -129,3 +129,58 @@ def test_load_results_on_the_command_line_become_evidence(tmp_path):
     assert findings["PERF-010"]["status"] == "pass"
     missing = forge("readiness", "assess", str(GOOD), "--load-results", str(tmp_path / "nope.json"))
     assert missing.returncode == 2 and "--load-results" in missing.stderr and "Traceback" not in missing.stderr
+
+
+# ---------------------------------------------------------------- `readiness assess` without typer (forge.cli_assess)
+def _through(entry: str, *args: str) -> subprocess.CompletedProcess:
+    code = f"import sys; from forge.cli import {entry}; sys.argv[0] = 'forge'; {entry}()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+@pytest.mark.parametrize("args", [
+    ["readiness", "assess", str(GOOD), "--as-of", AS_OF, "--format", "json"],
+    ["readiness", "assess", str(GOOD), f"--as-of={AS_OF}", "-f", "markdown", "--fail-on", "warn"],
+    ["readiness", "assess", str(EXAMPLES / "spot-fleet-8b.yaml"), "--as-of", AS_OF],
+    ["readiness", "assess", str(GOOD), "--as-of", "2026-13-01"],
+    ["readiness", "assess", str(GOOD), "--load-results", "nope.json", "--load-results", "nope2.json"],
+    ["readiness", "assess", "nope.yaml", "--format", "json"],
+    ["readiness", "assess", str(GOOD), "--format", "xml"],       # typer's own errors: the fast path declines
+    ["readiness", "assess", str(GOOD), "--form", "json"],
+    ["readiness", "assess", str(GOOD), "--format", "json", "--format", "sarif"],
+    ["readiness", "assess"],
+])
+def test_assess_gives_the_same_output_and_exit_code_with_or_without_typer(args):
+    fast, typed = _through("main", *args), _through("main_typer", *args)
+    assert (fast.returncode, fast.stdout, fast.stderr) == (typed.returncode, typed.stdout, typed.stderr)
+    assert fast.returncode in (0, 1, 2) and "Traceback" not in fast.stderr
+
+
+def test_the_fast_path_takes_only_command_lines_it_fully_understands():
+    from forge.cli_assess import FailOn, Format, parse_assess_args
+
+    good = parse_assess_args(["readiness", "assess", str(GOOD), "-f", "json", "--load-results=a.json",
+                              "--load-results", "b.json", "--fail-on", "warn", "--as-of", AS_OF])
+    assert good == {"files": [GOOD], "format": Format.json, "load_results": [Path("a.json"), Path("b.json")],
+                    "fail_on": FailOn.warn, "as_of": AS_OF}
+    for declined in (["readiness", "assess"], ["readiness", "assess", str(GOOD), "--help"],
+                     ["readiness", "assess", str(GOOD), "--format", "JSON"],
+                     ["readiness", "assess", str(GOOD), "--format"], ["readiness", "assess", str(GOOD), "-fjson"],
+                     ["readiness", "assess", str(GOOD), "--as-of", "1", "--as-of", "2"],
+                     ["readiness", "assess", "--", str(GOOD)], ["readiness", "assess", str(GOOD), "--output", "-x"],
+                     ["readiness", "checks"], ["--help"]):
+        assert parse_assess_args(declined) is None, declined
+
+
+def test_the_fast_path_knows_exactly_the_options_typer_declares():
+    import typer.main
+
+    from forge.cli import app
+    from forge.cli_assess import ASSESS_OPTIONS
+
+    readiness = typer.main.get_command(app).commands["readiness"]
+    declared = {}
+    for param in readiness.commands["assess"].params:
+        if param.param_type_name == "option" and param.name != "help":
+            for opt in param.opts + param.secondary_opts:
+                declared[opt] = (param.name, bool(param.multiple))
+    assert declared == {opt: (name, repeatable) for opt, (name, repeatable, _) in ASSESS_OPTIONS.items()}

@@ -321,3 +321,15 @@ def test_unreadable_load_results_are_a_finding(tmp_path):
     data["evidence"] = {"load_results": ["junk.json", "missing.json"]}
     f = finding(assess_dict(tmp_path, data), "PERF-008")
     assert f.status == "fail" and len(f.evidence["errors"]) == 2
+
+
+def test_a_missing_section_reads_as_the_same_defaults_as_the_class_called_empty():
+    # readiness/checks/_sections.py builds missing sections with model_construct() (no validator build): the same
+    # object as calling the class, as long as no validator of the section runs on its defaults.
+    from forge.schema import SLO, Correctness, Evidence, Observability, Operations, Reliability, Rollout, Security, \
+        Traffic
+
+    for section in (SLO, Correctness, Evidence, Observability, Operations, Reliability, Rollout, Security, Traffic):
+        built, constructed = section(), section.model_construct()
+        assert constructed == built and repr(constructed) == repr(built), section.__name__
+        assert constructed.model_fields_set == built.model_fields_set == set()

@@ -6,41 +6,46 @@ from forge.schema import (
     SLO, Correctness, Evidence, Observability, Operations, Reliability, Rollout, Security, Traffic,
 )
 
+# A missing section is its class's defaults. model_construct() gives the same object as calling the class with no
+# arguments (these sections have no validator that runs on defaults; tests/test_readiness.py compares them), without
+# building the section's own validator — a deploy file's sections were validated as part of the whole Deployment, so
+# that build would cost more than every check reading it together.
+
 
 def traffic(ctx) -> Traffic:
-    return ctx.d.traffic or Traffic()
+    return ctx.d.traffic or Traffic.model_construct()
 
 
 def slo(ctx) -> SLO:
-    return ctx.d.slo or SLO()
+    return ctx.d.slo or SLO.model_construct()
 
 
 def rollout(ctx) -> Rollout:
-    return ctx.d.rollout or Rollout()
+    return ctx.d.rollout or Rollout.model_construct()
 
 
 def reliability(ctx) -> Reliability:
-    return ctx.d.reliability or Reliability()
+    return ctx.d.reliability or Reliability.model_construct()
 
 
 def observability(ctx) -> Observability:
-    return ctx.d.observability or Observability()
+    return ctx.d.observability or Observability.model_construct()
 
 
 def security(ctx) -> Security:
-    return ctx.d.security or Security()
+    return ctx.d.security or Security.model_construct()
 
 
 def operations(ctx) -> Operations:
-    return ctx.d.operations or Operations()
+    return ctx.d.operations or Operations.model_construct()
 
 
 def correctness(ctx) -> Correctness:
-    return ctx.d.correctness or Correctness()
+    return ctx.d.correctness or Correctness.model_construct()
 
 
 def evidence(ctx) -> Evidence:
-    return ctx.d.evidence or Evidence()
+    return ctx.d.evidence or Evidence.model_construct()
 
 
 def growth(ctx, multiplier: float):

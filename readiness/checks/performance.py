@@ -252,7 +252,8 @@ def measured_goodput(ctx):
     from forge.load.metrics import slo_dict
 
     records, _ = ctx.load_evidence
-    thresholds = slo_dict(s.slo(ctx))
+    # Without records the SLO isn't read: dumping it would build the SLO model's serializer for nothing.
+    thresholds = slo_dict(s.slo(ctx)) if records else {}
     if not records or not thresholds:
         return not_applicable("needs load results and a latency SLO")
     rates = s.traffic(ctx).requests_per_second
