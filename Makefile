@@ -7,6 +7,8 @@ OUT := out
 
 .PHONY: demo test test-fast install schema lint clean
 
+# mk/*.mk: vllm (the engine venv), stack, monitoring, browser, k8s, and guidellm (`make guidellm`: GuideLLM 0.8.1 in
+# .venv-guidellm, only for benchmarks/load_gen.py's side-by-side comparison; neither test nor demo needs it).
 -include mk/*.mk
 
 install: $(VENV)/.installed

@@ -3,8 +3,9 @@
 Formats recognised (sources cited in tests/fixtures/load/README.md):
 - Forge: ``forge load run`` results.jsonl (per request) or its --summary-json (``"format": "forge.load.summary/v1"``);
 - vLLM: ``vllm bench serve --save-result`` JSON (vllm/benchmarks/serve.py: ``mean_ttft_ms``, ``p99_itl_ms``, ...);
-- GuideLLM: the benchmark report (``{"args": ..., "benchmarks": [...]}``, GenerativeBenchmarksReport), first benchmark
-  unless ``benchmark_index`` says otherwise;
+- GuideLLM: the benchmark report benchmarks.json (GenerativeBenchmarksReport: ``{"metadata", "config", "benchmarks",
+  "conclusions"}`` with metadata version 2 -- a real 0.8.1 report is a fixture --, ``{"metadata", "args",
+  "benchmarks"}`` with version 1), first benchmark unless ``benchmark_index`` says otherwise;
 - AIPerf: ``profile_export_aiperf.json`` (metric tags at the top level, or under ``"records"`` in older releases).
 
 The record (times in seconds; a figure a tool does not report is None, never guessed):
@@ -132,6 +133,22 @@ def _guidellm_dist(metrics: dict, key: str, scale: float) -> dict[str, float | N
             "p99": _scaled(pct.get("p99"), scale)}
 
 
+def _guidellm_max_concurrency(bench: dict) -> int | None:
+    """The concurrency limit the user set. The profile holds it as given (``max_concurrency``, or ``streams`` of a
+    concurrent profile); the strategy's ``max_concurrency`` is overwritten at start-up with the scheduler's resolved
+    default (10240 in 0.8.1, scheduler/strategies.py ``init_processes_timings``) and is read only from reports that
+    have no profile."""
+    config = bench.get("config") or {}
+    profile, strategy = config.get("profile"), config.get("strategy") or {}
+    if isinstance(profile, dict):
+        streams = profile.get("streams")
+        if isinstance(streams, list):  # a concurrent profile lists one stream count per benchmark
+            index = config.get("run_index") or 0
+            streams = streams[index] if 0 <= index < len(streams) else None
+        return profile.get("max_concurrency") or streams
+    return strategy.get("max_concurrency") or strategy.get("streams")
+
+
 def _from_guidellm(data: dict, path: Path, benchmark_index: int) -> dict[str, Any]:
     benchmarks = data.get("benchmarks") or []
     if not benchmarks:
@@ -141,7 +158,9 @@ def _from_guidellm(data: dict, path: Path, benchmark_index: int) -> dict[str, An
                          f"{len(benchmarks)} benchmark(s) (0..{len(benchmarks) - 1})")
     bench = benchmarks[benchmark_index]
     rec = _record("guidellm", path)
-    metrics = bench["metrics"]
+    metrics = bench.get("metrics")
+    if not isinstance(metrics, dict):
+        raise InputError(f"{path}: GuideLLM benchmark #{benchmark_index} has no metrics")
     totals = metrics.get("request_totals") or {}
     strategy = (bench.get("config") or {}).get("strategy") or {}
     duration = bench.get("duration")
@@ -149,9 +168,13 @@ def _from_guidellm(data: dict, path: Path, benchmark_index: int) -> dict[str, An
         sm = bench["scheduler_metrics"]
         duration = sm["measure_end_time"] - sm["measure_start_time"]
     successful = totals.get("successful")
-    rec["shape"].update(requests=totals.get("total"), duration_s=duration,
+    # A request GuideLLM created but whose result is in no status of the report (0.8.1 can end a run with one still
+    # in flight: scheduler_state processed_requests < created_requests) is a request without an outcome: failed.
+    created = (bench.get("scheduler_state") or {}).get("created_requests")
+    unaccounted = max(0, created - (totals.get("total") or 0)) if isinstance(created, int) else 0
+    rec["shape"].update(requests=(totals.get("total") or 0) + unaccounted if totals else None, duration_s=duration,
                         request_rate=strategy.get("rate"), arrival=strategy.get("type_"),
-                        max_concurrency=strategy.get("max_concurrency") or strategy.get("streams"),
+                        max_concurrency=_guidellm_max_concurrency(bench),
                         prompt_tokens_mean=((metrics.get("prompt_token_count") or {}).get("successful") or {}).get("mean"),
                         output_tokens_mean=((metrics.get("output_token_count") or {}).get("successful") or {}).get("mean"))
 
@@ -162,12 +185,24 @@ def _from_guidellm(data: dict, path: Path, benchmark_index: int) -> dict[str, An
                              input_tokens_per_s=mean_rate("prompt_tokens_per_second"),
                              output_tokens_per_s=mean_rate("output_tokens_per_second"))
     rec["percentiles_s"]["ttft"] = _guidellm_dist(metrics, "time_to_first_token_ms", 1e-3)
-    # GuideLLM's inter_token_latency_ms is per request (last - first token)/(tokens - 1), weighted by tokens: TPOT.
+    # GuideLLM's inter_token_latency_ms is per request (last - first token)/(tokens - 1), weighted by tokens - 1: TPOT.
     rec["percentiles_s"]["tpot"] = _guidellm_dist(metrics, "inter_token_latency_ms", 1e-3)
     rec["percentiles_s"]["e2e"] = _guidellm_dist(metrics, "request_latency", 1.0)
-    rec["outcomes"] = {"ok": successful, "failed": (totals.get("incomplete") or 0) + (totals.get("errored") or 0),
-                       "incomplete": totals.get("incomplete"), "errored": totals.get("errored")}
+    # Goodput (0.8: metrics.slo_attainment and request_goodput, present when the run set --metrics slo=...).
+    if metrics.get("slo_attainment") is not None:
+        rec["goodput"] = {"requests_per_s": mean_rate("request_goodput"), "fraction": metrics["slo_attainment"],
+                          "slo": (bench.get("config") or {}).get("slo"), "slo_p95_met": None}
+    rec["outcomes"] = {"ok": successful,
+                       "failed": (totals.get("incomplete") or 0) + (totals.get("errored") or 0) + unaccounted,
+                       "incomplete": totals.get("incomplete"), "errored": totals.get("errored"),
+                       "unaccounted": unaccounted}
+    if unaccounted:
+        rec["notes"].append(f"GuideLLM created {created} requests; its report holds {totals.get('total')}: the other "
+                            f"{unaccounted} count as failed (no outcome recorded)")
     rec["notes"].append("GuideLLM reports no pooled ITL; its inter_token_latency_ms (per request) maps to TPOT")
+    if (bench.get("config") or {}).get("prefer_response_metrics"):
+        rec["notes"].append("GuideLLM token counts are the server's usage figures where it reports them "
+                            "(prefer_response_metrics)")
     if len(benchmarks) > 1:
         rec["notes"].append(f"report holds {len(benchmarks)} benchmarks; this record is #{benchmark_index}")
     return rec
@@ -241,7 +276,10 @@ def detect_format(data: Any) -> str | None:
         return None
     if data.get("format") == SUMMARY_FORMAT:
         return "forge_summary"
-    if isinstance(data.get("benchmarks"), list) and "args" in data:
+    if isinstance(data.get("benchmarks"), list) and (
+            "args" in data  # report metadata version 1
+            or (data.get("metadata") or {}).get("guidellm_version") is not None
+            or any(isinstance(b, dict) and b.get("type_") == "generative_benchmark" for b in data["benchmarks"])):
         return "guidellm"
     if "aiperf_version" in data or "input_config" in data or (
             isinstance(data.get("records"), dict) and "request_throughput" in data["records"]):

@@ -44,8 +44,49 @@ def test_guidellm_report():
     assert record["percentiles_s"]["itl"]["p95"] is None
     assert record["percentiles_s"]["e2e"]["p90"] == pytest.approx(1.2)  # request_latency is in seconds
     assert record["outcomes"]["ok"] == 120 and record["outcomes"]["failed"] == 5
+    assert record["outcomes"]["unaccounted"] == 0  # created_requests == the report's total
     with pytest.raises(InputError, match="out of range"):
         load_evidence(FIXTURES / "guidellm_benchmarks.json", benchmark_index=3)
+
+
+def test_guidellm_0_8_1_real_report(tmp_path):
+    """A real GuideLLM 0.8.1 report (tests/fixtures/load/README.md says how it was made): report metadata version 2,
+    no "args" key, the run's scenario under "config", 6 requests of which the report holds 5."""
+    path = FIXTURES / "guidellm_0.8.1_benchmarks.json"
+    data = json.loads(path.read_text())
+    assert "args" not in data and data["metadata"]["guidellm_version"] == "0.8.1"
+    bench = data["benchmarks"][0]
+    record = load_evidence(path)
+    assert set(record) == KEYS and record["source"] == "guidellm"
+    assert record["shape"]["arrival"] == "poisson" and record["shape"]["request_rate"] == 4.0
+    # The strategy's max_concurrency is GuideLLM's resolved default, not a limit the run set.
+    assert bench["config"]["strategy"]["max_concurrency"] == 10240 and record["shape"]["max_concurrency"] is None
+    # Figures agree with the report's own per-request records.
+    successful = bench["requests"]["successful"]
+    assert record["percentiles_s"]["ttft"]["mean"] == pytest.approx(
+        sum(r["time_to_first_token_ms"] for r in successful) / len(successful) / 1000)
+    assert record["percentiles_s"]["e2e"]["mean"] == pytest.approx(
+        sum(r["request_latency"] for r in successful) / len(successful))
+    assert any(record["percentiles_s"]["ttft"]["p50"] * 1000 == pytest.approx(r["time_to_first_token_ms"])
+               for r in successful)
+    assert record["shape"]["duration_s"] == pytest.approx(bench["duration"])
+    # Every request accounted for: 4 ok, 1 refused by the simulator (HTTP 400: prompt + max_tokens over
+    # --max-model-len), and 1 that GuideLLM created but recorded in no status of its report.
+    assert "400 Bad Request" in bench["requests"]["errored"][0]["info"]["error"]
+    assert bench["scheduler_state"]["created_requests"] == 6 and bench["metrics"]["request_totals"]["total"] == 5
+    assert record["outcomes"] == {"ok": 4, "failed": 2, "incomplete": 0, "errored": 1, "unaccounted": 1}
+    assert record["shape"]["requests"] == 6 == record["outcomes"]["ok"] + record["outcomes"]["failed"]
+    assert any("created 6 requests; its report holds 5" in note for note in record["notes"])
+    # Goodput as GuideLLM computed it against the run's SLO (--metrics slo=...).
+    assert record["goodput"]["fraction"] == pytest.approx(0.8) and record["goodput"]["slo"]["ttft_ms"] == 200.0
+    assert record["goodput"]["requests_per_s"] == pytest.approx(bench["metrics"]["request_goodput"]["successful"]["mean"])
+    # Recognised by its benchmarks alone too (a report stripped of metadata), and through the CLI.
+    del data["metadata"]
+    stripped = tmp_path / "benchmarks.json"
+    stripped.write_text(json.dumps(data))
+    assert load_evidence(stripped)["outcomes"] == record["outcomes"]
+    result = CliRunner().invoke(app, ["evidence", str(path)])
+    assert result.exit_code == 0 and json.loads(result.output)["shape"]["requests"] == 6
 
 
 def test_aiperf_profile_export_current_layout():
