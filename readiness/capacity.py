@@ -1140,6 +1140,9 @@ def cost_delta(deployment: Deployment, base_dir: Path | None, plan: CapacityEsti
                changes: dict[str, Any], multiplier: float = 1.0) -> float | None:
     """USD per month a change to deploy.yaml adds (negative: saves) at a growth multiplier, by re-running the model."""
     before = monthly_cost(plan, multiplier)
+    if deployment.traffic is not None and "traffic.growth" not in changes:
+        # Only the multiplier priced is re-planned: the other growth points would cost simulations nobody reads.
+        changes = {**changes, "traffic.growth": [multiplier]}
     after = monthly_cost(what_if(deployment, base_dir, changes), multiplier)
     return None if before is None or after is None else after - before
 
