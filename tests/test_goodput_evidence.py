@@ -94,3 +94,10 @@ def test_goodput_against_unknown_thresholds_is_not_graded(tmp_path):
     bench.write_text(json.dumps(data))
     f = _assess(tmp_path, bench)["PERF-014"]
     assert f.status == "not_applicable" and "bench.json" in f.message
+
+
+def test_a_poisson_replay_at_the_declared_rate_counts_as_1x_despite_its_sampling_scatter(tmp_path):
+    # 88 requests whose schedule reads 4.4 req/s (0.88x of 5): within 2/sqrt(88) = 21 % of the declared rate.
+    replay = _replay(tmp_path / "poisson.jsonl", 0.88 * DECLARED_P95_RPS, n=88)
+    f = _assess(tmp_path, replay)["PERF-014"]
+    assert f.status == "pass" and "0.9×" in f.message and "1× itself is not measured" not in f.message
