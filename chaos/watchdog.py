@@ -192,7 +192,10 @@ class WatchdogLoop:
         return found
 
     def run(self) -> None:
-        with httpx.Client() as client:
+        from forge.load.runner import is_loopback_url
+
+        # An HTTP(S)_PROXY in the environment must not route loopback scrapes elsewhere (as the exporter's).
+        with httpx.Client(trust_env=not all(is_loopback_url(t.metrics_url) for t in self.targets)) as client:
             while not self._stop.is_set():
                 started = self.clock()
                 self.poll_once(client)
