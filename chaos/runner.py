@@ -63,6 +63,7 @@ import httpx
 import yaml
 
 from forge.chaos.journal import ActivityRecord, Journal, record_activity
+from forge.chaos.supervisor import StackEngine
 from forge.chaos.watchdog import HUNG, ProgressWatchdog, Transition, WatchdogLoop, WatchTarget, metrics_url
 from forge.errors import InputError
 from forge.load.runner import is_loopback_url
@@ -229,33 +230,19 @@ def short_rule_copy(rules_path: Path, overrides: dict[str, Any], out: Path) -> P
     return out
 
 
-class StackReplica:
-    """One engine of the reference stack the lab started (component engine-sN, HAProxy server sN).
-
-    Signals reach it by the pid the stack recorded, and only while that pid's start time still matches (never a
-    recycled pid). A restart runs the same command on the same port (HAProxy's server address stays valid) and
-    records the new process in the stack's state file, so `stack.down` stops it too."""
+class StackReplica(StackEngine):
+    """One engine of the reference stack the lab started (component engine-sN, HAProxy server sN): the supervisor's
+    StackEngine (signals by the recorded pid while its start time matches; a restart runs the recorded command on
+    the same port and records the new process in the state file, so `stack.down` stops it too), with the lab's
+    engine command — its --shutdown-timeout can change between restarts — and the lab's names (replica-N)."""
 
     def __init__(self, lab: "Lab", index: int):
+        from forge.reference_stack import stack as stack_lib
+
+        super().__init__(lab.stack, f"engine-s{index}", lab.gateway,
+                         stack_lib.VLLM_STARTUP_TIMEOUT_S if lab.engine == "vllm" else stack_lib.SIM_STARTUP_TIMEOUT_S)
         self.lab, self.index = lab, index
-        self.name, self.server = f"replica-{index}", f"s{index}"
-        self._lock = threading.Lock()
-        self._closed = False
-
-    @property
-    def component(self):
-        return self.lab.stack.component(f"engine-{self.server}")
-
-    @property
-    def url(self) -> str:
-        return self.component.url
-
-    @property
-    def pid(self) -> int:
-        return self.component.pid
-
-    def alive(self) -> bool:
-        return self.component.leader_alive()
+        self.name = f"replica-{index}"
 
     def signal(self, sig: int = signal.SIGTERM) -> bool:
         """Signal the engine's process group; False when the process the stack started is gone already."""
@@ -263,17 +250,6 @@ class StackReplica:
         if not component.leader_alive():
             return False
         component.signal_group(sig)
-        return True
-
-    def wait_exit(self, timeout_s: float) -> bool:
-        """True once no process of the engine's group is left (the leader reaped by init or by us)."""
-        from forge.reference_stack import stack as stack_lib
-
-        deadline = time.monotonic() + timeout_s
-        while self.component.group_alive():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(stack_lib.POLL_S / 4)
         return True
 
     def start(self) -> None:
@@ -292,30 +268,12 @@ class StackReplica:
         """Stop it if it runs, start it again on the same port, wait for /health, set its HAProxy server ready
         and wait until HAProxy has it UP; returns the seconds that took. shutdown_timeout_s: the engine's
         --shutdown-timeout from now on (None = the engine's default, 0)."""
-        from forge.reference_stack import stack as stack_lib
+        if shutdown_timeout_s != "unchanged":
+            self.lab.engine_shutdown_timeout[self.index] = shutdown_timeout_s
+        return super().restart(timeout_s)
 
-        started = time.monotonic()
-        with self._lock:
-            if self._closed:  # a restart racing the lab's teardown must not leave a process behind
-                raise RuntimeError(f"{self.name}: the lab is shutting down, not starting it again")
-            old = self.component
-            if stack_lib._stop_components([old]):
-                raise RuntimeError(f"{self.name}: still running after SIGKILL (pid {old.pid})")
-            if shutdown_timeout_s != "unchanged":
-                self.lab.engine_shutdown_timeout[self.index] = shutdown_timeout_s
-            command, env = self.lab.engine_command(self.index, old.command)
-            new = stack_lib._spawn(old.name, old.kind, command, old.port, old.url, old.health_url,
-                                   logs=Path(old.log).parent, env=env, stop_grace_s=old.stop_grace_s,
-                                   env_overrides=old.env)  # kept recorded: the next restart binds the same cores
-            state = self.lab.stack
-            state.components[state.components.index(old)] = new
-            state.save()  # recorded before anything waits on it: `forge stack down` finds it too
-            engine_timeout = (stack_lib.VLLM_STARTUP_TIMEOUT_S if self.lab.engine == "vllm"
-                              else stack_lib.SIM_STARTUP_TIMEOUT_S)
-            stack_lib._wait_healthy([new], timeout_s or engine_timeout)
-        self.lab.gateway.ready(self.server)
-        self.lab.wait_server_status(self.server, "UP")
-        return time.monotonic() - started
+    def command_and_env(self, old) -> tuple[list[str], dict[str, str] | None]:
+        return self.lab.engine_command(self.index, old.command)
 
 
 @dataclass
@@ -446,14 +404,7 @@ class Lab:
 
     def wait_server_status(self, server: str, status: str = "UP", timeout_s: float = 20.0) -> float:
         """Wait until HAProxy reports `server` in `status` (UP, DOWN, DRAIN, MAINT); returns the seconds waited."""
-        started = time.monotonic()
-        seen = None
-        while time.monotonic() - started < timeout_s:
-            seen = next((r["status"] for r in self.server_stats() if r["name"] == server), None)
-            if seen is not None and seen.split(" ")[0] == status:
-                return time.monotonic() - started
-            time.sleep(0.05)
-        raise TimeoutError(f"HAProxy server {server}: {seen} after {timeout_s:g} s, expected {status}")
+        return self.gateway.wait_server_status(server, status, timeout_s)
 
     def variables(self) -> dict[str, Any]:
         variables = {**self.config, **{f"replica_{r.index}_url": r.url for r in self.replicas}}

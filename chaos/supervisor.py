@@ -295,7 +295,8 @@ class StackEngine:
 
     def __init__(self, state: Any, component_name: str, gateway: Any, start_timeout_s: float,
                  gateway_timeout_s: float = 20.0):
-        self.state, self.name, self.gateway = state, component_name, gateway
+        self.state, self.component_name, self.gateway = state, component_name, gateway
+        self.name = component_name  # how the supervisor's events name it
         self.server = component_name.removeprefix("engine-")
         self.start_timeout_s, self.gateway_timeout_s = start_timeout_s, gateway_timeout_s
         self._lock = threading.Lock()
@@ -304,7 +305,7 @@ class StackEngine:
 
     @property
     def component(self):
-        return self.state.component(self.name)
+        return self.state.component(self.component_name)
 
     @property
     def url(self) -> str:
@@ -339,14 +340,20 @@ class StackEngine:
             old = self.component
             if stack_lib._stop_components([old]):
                 raise RuntimeError(f"{self.name}: still running after SIGKILL (pid {old.pid})")
-            new = stack_lib._spawn(old.name, old.kind, old.command, old.port, old.url, old.health_url,
-                                   logs=Path(old.log).parent, stop_grace_s=old.stop_grace_s, env_overrides=old.env,
+            command, env = self.command_and_env(old)
+            new = stack_lib._spawn(old.name, old.kind, command, old.port, old.url, old.health_url,
+                                   logs=Path(old.log).parent, env=env, stop_grace_s=old.stop_grace_s,
+                                   env_overrides=old.env,  # kept recorded: the next restart binds the same cores
                                    processes=self._children)
-            self.state.replace_component(new)
+            self.state.replace_component(new)  # before anything waits on it: `forge stack down` finds it too
         stack_lib._wait_healthy([new], timeout_s or self.start_timeout_s)
         self.gateway.ready(self.server)
         self.gateway.wait_server_status(self.server, "UP", self.gateway_timeout_s)
         return time.monotonic() - started
+
+    def command_and_env(self, old) -> tuple[list[str], dict[str, str] | None]:
+        """What a restart runs: the recorded command, in the inherited environment (plus the recorded overrides)."""
+        return old.command, None
 
     def close(self) -> None:
         with self._lock:

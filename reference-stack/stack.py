@@ -20,6 +20,7 @@ before the rest. vLLM replicas each get their own cores (vllm_engine.cpu_binding
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -574,26 +575,27 @@ def up(plan: StackPlan, progress=lambda message: None) -> StackState:
         state.notes.append(exporter_note)
     with_exporter = exporter_note is None
     configs = render_configs(plan, state_dir, with_exporter)
-    try:
+    with _stopped_on_failure(state, progress, "start-up failed: stopping what was started"):
         _start_all(plan, state, configs, binaries, logs, with_exporter, progress)
+    state.ready_seconds = round(time.monotonic() - started, 2)
+    state.save()
+    if plan.supervise:
+        with _stopped_on_failure(state, progress, "the supervisor failed to start: stopping the stack"):
+            _start_supervisor(plan, state, logs, progress)
+    return state
+
+
+@contextlib.contextmanager
+def _stopped_on_failure(state: StackState, progress, message: str):
+    """Nothing is left running when a start-up step fails (or is interrupted): stop every component, record it."""
+    try:
+        yield
     except BaseException:
-        progress("start-up failed: stopping what was started")
+        progress(message)
         _stop_components(state.components)
         state.components.clear()
         state.save()
         raise
-    state.ready_seconds = round(time.monotonic() - started, 2)
-    state.save()
-    if plan.supervise:
-        try:
-            _start_supervisor(plan, state, logs, progress)
-        except BaseException:
-            progress("the supervisor failed to start: stopping the stack")
-            _stop_components(state.components)
-            state.components.clear()
-            state.save()
-            raise
-    return state
 
 
 SUPERVISOR_MODULE = "forge.chaos.supervisor"
