@@ -75,6 +75,18 @@ class LogFollower:
             self.process.wait(timeout=10)
 
 
+def stack_binaries_installed() -> bool:
+    return all(shutil.which(b) for b in ("haproxy", "prometheus")) and bool(
+        shutil.which("prometheus-alertmanager") or shutil.which("alertmanager"))
+
+
+def need_stack_binaries() -> None:
+    """Fail (not skip) a test of the reference stack on a machine without its packages: the fix is one command."""
+    if not stack_binaries_installed():
+        pytest.fail("haproxy / prometheus / prometheus-alertmanager not installed — run `make stack-deps`",
+                    pytrace=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

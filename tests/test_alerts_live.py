@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import threading
 import time
 import urllib.parse
@@ -34,7 +33,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers import wait_for
+from helpers import need_stack_binaries, wait_for
 
 from forge.loader import load
 from forge.reference_stack import stack
@@ -42,10 +41,7 @@ from forge.reference_stack.receiver import alert_events
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
 
-if not all(shutil.which(b) for b in ("haproxy", "prometheus")) or not (
-        shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")):
-    pytest.fail("haproxy / prometheus / prometheus-alertmanager not installed — run `make stack-deps`",
-                pytrace=False)
+need_stack_binaries()
 
 SPEEDUP = 12
 MIN_WINDOW_S = 20     # four 5 s scrapes: rate()/increase() need two, a frozen counter must be seen frozen twice

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 
 import httpx
 import pytest
+from helpers import need_stack_binaries
 import yaml
 from typer.testing import CliRunner
 
@@ -28,10 +28,7 @@ CHECK_BUDGET_S = 2 * 0.2 + 1.5
 
 
 def _need_stack() -> None:
-    if not all(shutil.which(b) for b in ("haproxy", "prometheus")) or not (
-            shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")):
-        pytest.fail("haproxy / prometheus / prometheus-alertmanager not installed — run `make stack-deps`",
-                    pytrace=False)
+    need_stack_binaries()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import wait_for
+from helpers import stack_binaries_installed, wait_for
 from typer.testing import CliRunner
 
 from forge.chaos.cli import app
@@ -31,8 +30,7 @@ from forge.reference_stack import stack
 from forge.reference_stack.simulator.server import READY_LINE
 
 pytestmark = pytest.mark.timeout(180)
-STACK_BINARIES = all(shutil.which(b) for b in ("haproxy", "prometheus")) and bool(
-    shutil.which("prometheus-alertmanager") or shutil.which("alertmanager"))
+STACK_BINARIES = stack_binaries_installed()
 FORGE = [sys.executable, "-c", "import sys; from forge.cli import main; sys.argv[0] = 'forge'; main()"]
 
 

@@ -8,11 +8,11 @@ module: the experiment runs once, the tests read its journal."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import httpx
 import pytest
+from helpers import need_stack_binaries
 
 from forge.chaos.runner import load_experiment, run_experiment
 from forge.reference_stack import model_build
@@ -26,10 +26,7 @@ DETECTION_BUDGET_S = 30.0   # the issue's budget for the watchdog
 
 @pytest.fixture(scope="module")
 def gameday(tmp_path_factory):
-    if not all(shutil.which(b) for b in ("haproxy", "prometheus")) or not (
-            shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")):
-        pytest.fail("haproxy / prometheus / prometheus-alertmanager not installed — run `make stack-deps`",
-                    pytrace=False)
+    need_stack_binaries()
     if not vllm_python().exists():
         pytest.fail(f"{vllm_python()} missing — run `make vllm` first", pytrace=False)
     model_dir = model_build.ensure_built(vllm_python(), REPO_ROOT / model_build.DEFAULT_MODEL_DIR)

@@ -10,7 +10,6 @@ reason it cannot have data on this stack. Needs haproxy, prometheus and promethe
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -19,17 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import need_stack_binaries, wait_for
 from forge.dashboards.validate import panels
 from forge.reference_stack import stack
 from typer.testing import CliRunner
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
 
-if not all(shutil.which(b) for b in ("haproxy", "prometheus")) or not (
-        shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")):
-    pytest.fail("haproxy / prometheus / prometheus-alertmanager not installed — run `make stack-deps`",
-                pytrace=False)
+need_stack_binaries()
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards" / "generated" / "reference-stack"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import yaml
-from helpers import wait_for
+from helpers import need_stack_binaries, wait_for
 from typer.testing import CliRunner
 
 from forge.alerts.generate import build_rules, render, settings_from_deployment
@@ -338,10 +337,7 @@ def test_a_dead_url_in_the_deploy_file_names_the_file_line_and_key(tmp_path):
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    if not all(shutil.which(b) for b in ("haproxy", "prometheus")) or not (
-            shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")):
-        pytest.fail("haproxy / prometheus / prometheus-alertmanager not installed — run `make stack-deps`",
-                    pytrace=False)
+    need_stack_binaries()
     from forge.reference_stack import stack
 
     tmp = tmp_path_factory.mktemp("evidence")

@@ -6,14 +6,13 @@ prometheus-alertmanager (`make stack-deps`, part of `make test`)."""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import time
 import urllib.parse
 from pathlib import Path
 
 import pytest
-from helpers import LogFollower, wait_for
+from helpers import LogFollower, need_stack_binaries, wait_for
 import yaml
 from typer.testing import CliRunner
 
@@ -23,10 +22,7 @@ from forge.reference_stack.stack_cli import app as stack_app
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(180)]
 
-if not all(shutil.which(b) for b in ("haproxy", "prometheus")) or not (
-        shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")):
-    pytest.fail("haproxy / prometheus / prometheus-alertmanager not installed — run `make stack-deps`",
-                pytrace=False)
+need_stack_binaries()
 
 TEST_ALERT = "ForgeEngineDownStackTest"
 TEST_ALERT_FOR = "5s"

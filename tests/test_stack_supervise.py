@@ -7,13 +7,12 @@ Needs haproxy, prometheus and prometheus-alertmanager (`make stack-deps`)."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers import LogFollower, stream_long_completion, wait_for
+from helpers import LogFollower, need_stack_binaries, stream_long_completion, wait_for
 from typer.testing import CliRunner
 
 from forge.reference_stack import stack
@@ -21,10 +20,7 @@ from forge.reference_stack.stack_cli import app as stack_app
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
 
-if not all(shutil.which(b) for b in ("haproxy", "prometheus")) or not (
-        shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")):
-    pytest.fail("haproxy / prometheus / prometheus-alertmanager not installed — run `make stack-deps`",
-                pytrace=False)
+need_stack_binaries()
 
 STALL_SECONDS = 3
 # Crash: the supervisor polls every 0.5 s, the simulator starts in ~1-3 s on 2 busy cores, HAProxy needs rise 2 x
