@@ -405,3 +405,15 @@ def test_a_failed_drill_journal_is_a_failed_game_day(tmp_path):
     a = assess(tmp_path, data, ["bad-canary-never-rolled-back"])
     rel = finding(a, "REL-008")
     assert rel.status == "fail" and "bad-canary" in rel.message and rel.basis == "evidence"
+
+
+def test_the_nccl_drill_measured_on_two_h200s_is_readiness_evidence():
+    """docs/measurements/collective-hang-h200x2.json: the collective-hang drill's journal from the GPU machine
+    (docs/chaos.md). It reads as evidence of its kind, and says what the docs claim it measured."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "measurements" / "collective-hang-h200x2.json"
+    record = read_journal(path)
+    assert (record["kind"], record["status"], record["deviated"]) == ("collective-hang", "completed", False)
+    m = json.loads(path.read_text())["measurements"]
+    assert m["backend"] == "nccl" and m["gpu_names"] == ["NVIDIA H200", "NVIDIA H200"]
+    assert m["detection_seconds"] <= m["detection_bound_seconds"] < m["torch_timeout_detection_seconds"]
+    assert m["processes_left"] == 0
