@@ -287,6 +287,9 @@ def _run_load(target: str, deploy_file: Path, out: Path, rate: float, duration: 
         raise InputError(f"--target {target}: the load run failed ({last})")
 
 
+WARMUP_SEED_OFFSET = 1_000_003  # the warm-up's prompts differ from every measured run's (no prefix-cache hits)
+
+
 # The three traffic shapes (prompt, output, requests/s): light enough for one CPU replica of the tiny model
 # to keep up, so that medians measure the engine rather than a queue that grows for as long as the run lasts.
 CALIBRATION_SHAPES = {
@@ -362,6 +365,9 @@ def calibrate_cmd(
                         "(repeat; `all` = the three; default: one run of --prompt-tokens/--output-tokens at --rate)")] = None,
     rate: Annotated[float, typer.Option("--rate", help="Poisson requests/s of the live run")] = 2.0,
     duration: Annotated[float, typer.Option("--duration", help="Seconds of each live run")] = 20.0,
+    warmup: Annotated[float, typer.Option(
+        "--warmup", help="Seconds of unrecorded load (the first run's shape) before the live runs: a fresh engine's "
+                         "first requests pay one-time costs; 0 if it has served already")] = 5.0,
     max_requests: Annotated[int | None, typer.Option("--max-requests", min=1, help="At most N requests")] = None,
     prompt_tokens: Annotated[str | None, typer.Option("--prompt-tokens", help="Shape as `forge load run` takes it "
                                                       "(default: deploy.yaml traffic)")] = None,
@@ -392,6 +398,8 @@ def calibrate_cmd(
             raise InputError("give exactly one of --target URL (a live run) or --results results.jsonl")
         if rate <= 0 or duration <= 0:
             raise InputError(f"--rate {rate:g} and --duration {duration:g} must be > 0")
+        if warmup < 0:
+            raise InputError(f"--warmup {warmup:g}: give seconds ≥ 0 (0: no warm-up)")
         if output_format is PlanFormat.html:
             raise InputError("--format html is for `forge capacity plan`; calibrate prints table or json")
         if shapes and target is None:
@@ -407,10 +415,19 @@ def calibrate_cmd(
         if target is not None:
             with tempfile.TemporaryDirectory(prefix="forge-calibrate-") as tmp:
                 plan = runs_to_do or [(None, prompt_tokens, output_tokens, rate)]
+                # A spinner on a terminal (minutes of live load); nothing on a pipe or in CI logs.
+                status = Console(stderr=True)
+                if warmup > 0:
+                    _, prompt, output, shape_rate = plan[0]
+                    with status.status(f"warm-up: {warmup:g} s at {shape_rate:g} req/s (not recorded)"):
+                        _run_load(target, deploy_file, Path(tmp) / "warmup.jsonl", shape_rate, warmup, None, prompt,
+                                  output, seed + WARMUP_SEED_OFFSET)
                 for index, (name, prompt, output, shape_rate) in enumerate(plan):
                     out = Path(tmp) / f"results-{index}.jsonl"
-                    _run_load(target, deploy_file, out, shape_rate, duration, max_requests, prompt, output,
-                              seed + index)
+                    with status.status(f"run {index + 1}/{len(plan)} {name or ''}: {duration:g} s at "
+                                       f"{shape_rate:g} req/s"):
+                        _run_load(target, deploy_file, out, shape_rate, duration, max_requests, prompt, output,
+                                  seed + index)
                     runs.append(read_results(out))
                     sources.append(name or target)
             engine = _engine_version(target)
