@@ -134,7 +134,7 @@ _STATUS_STYLE = {"provided": "green", "missing": "red", "unavailable": "yellow",
 
 @app.command("check")
 def check_cmd(
-    url: Annotated[str, typer.Argument(help="The target's /metrics URL.")],
+    url: Annotated[str, typer.Argument(help="The target's /metrics URL (a bare http://host:port means its /metrics).")],
     engine: Annotated[Optional[str], typer.Option("--engine", help="Catalog dialect (vllm, sglang, tgi, trtllm, "
                                                   "triton_trtllm, dcgm); detected when left out.")] = None,
     format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json")] = OutputFormat.table,
@@ -146,7 +146,7 @@ def check_cmd(
     from forge.exporters.config import _check_url
 
     try:
-        _check_url(url)
+        url = _check_url(url)
     except ValueError as exc:
         _fail(f"URL: {exc}")
     if engine is not None and engine not in get_catalog().dialects:

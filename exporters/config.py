@@ -52,6 +52,9 @@ def _check_url(value: str) -> str:
         raise ValueError(f"{value!r} is not a URL — write e.g. http://127.0.0.1:8000/metrics") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"{value!r} is not an http(s) URL with a host — write e.g. http://127.0.0.1:8000/metrics")
+    if url.path in ("", "/") and not url.query_string:
+        # A bare host:port means its /metrics, as Prometheus's default metrics_path does.
+        return value.rstrip("/") + "/metrics"
     return value
 
 

@@ -182,3 +182,13 @@ def test_check_table_and_a_down_target():
     assert json.loads(down.stdout)["reason"] == "invalid_page"
     bad = invoke("check", "not a url")
     assert bad.exit_code == 2 and bad.stderr.startswith("forge: error: URL:")
+
+
+def test_a_bare_host_and_port_means_its_metrics_path():
+    with PageServer() as server:
+        page = server.route("/metrics", text=VLLM)
+        bare = page.removesuffix("/metrics")
+        result = invoke("check", bare + "/", "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["url"] == page and report["ok"]
