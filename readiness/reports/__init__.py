@@ -6,7 +6,6 @@ the writer that needs them, so `forge readiness assess` starts fast whatever the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -39,7 +38,9 @@ def render(
     items = _as_list(assessments)
     if fmt == "json":
         data = items[0].to_dict() if len(items) == 1 else [a.to_dict() for a in items]
-        return json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+        from forge.readiness.reports._common import json_document
+
+        return json_document(data)
     if fmt == "table":
         from forge.readiness.reports.text import table_text
 

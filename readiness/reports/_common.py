@@ -17,6 +17,17 @@ GATING_RULE = (
 )
 
 
+def json_document(data: Any) -> str:
+    """Indented JSON for the json and SARIF reports. orjson: a fleet's report is tens of MB, and the standard
+    library's indenting encoder is pure Python (3.5 s for 1,000 files, a third of the whole assessment). Dates,
+    paths and anything else unknown are written as str() as before; NaN and infinity, which JSON lacks, as null."""
+    import orjson
+
+    return orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+                        | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+                        | orjson.OPT_APPEND_NEWLINE).decode()
+
+
 def finding_key(f: Finding) -> tuple[int, int, str]:
     """Worst first: by status (fail, warn, waived, pass, n/a), then severity, then check id."""
     return (STATUS_ORDER.get(f.status, 9), SEVERITY_ORDER.get(f.severity, 9), f.check)

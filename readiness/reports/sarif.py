@@ -10,13 +10,12 @@ security alert and sets its severity there.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from forge.readiness.reports._common import dimension_name, sorted_findings, waiver_text
+from forge.readiness.reports._common import dimension_name, json_document, sorted_findings, waiver_text
 from forge.readiness.result import Assessment, Finding
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -140,4 +139,4 @@ def sarif_log(assessments: list[Assessment], *, base_dir: Path | None = None) ->
 
 
 def sarif(assessments: list[Assessment], *, base_dir: Path | None = None) -> str:
-    return json.dumps(sarif_log(assessments, base_dir=base_dir), indent=2, ensure_ascii=False, default=str) + "\n"
+    return json_document(sarif_log(assessments, base_dir=base_dir))
