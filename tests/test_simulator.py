@@ -138,17 +138,20 @@ def test_spec_decode_adds_vllm_spec_families_and_counts_drafts():
 def test_streamed_completion_has_exactly_max_tokens_and_realistic_ttft_and_itl():
     with serve() as url:
         stream_completion(url, {"prompt": prompt_of(8, "w"), "max_tokens": 2, "ignore_eos": True})  # warm-up
-        arrivals, events, start = stream_completion(url, {"prompt": prompt_of(64), "max_tokens": 48,
-                                                          "ignore_eos": True,
-                                                          "stream_options": {"include_usage": True}})
+        # Distinct prompts: a repeated one would be served from the simulated prefix cache, faster.
+        runs = [stream_completion(url, {"prompt": prompt_of(64, seed), "max_tokens": 48, "ignore_eos": True,
+                                        "stream_options": {"include_usage": True}}) for seed in "abc"]
+    arrivals, events, start = runs[0]
     text = "".join(e["choices"][0]["text"] for e in events if e.get("choices"))
     assert len(text) == 48 * CHARS_PER_TOKEN
     assert events[-2]["usage"] == {"prompt_tokens": 64, "completion_tokens": 48, "total_tokens": 112,
                                    "prompt_tokens_details": None}
     assert events[-1] == {"done": True}
     assert [e["choices"][0]["finish_reason"] for e in events if e.get("choices")][-1] == "length"
-    ttft = arrivals[0] - start
-    itl = (arrivals[-1] - arrivals[0]) / (48 - 1)
+    # Three requests, one after another, each alone in the batch: a stall of the shared host (a collection, a
+    # neighbour) only ever adds time — one CI run measured 153 ms — so the fastest measures the simulator's timing.
+    ttft = min(a[0] - s for a, _, s in runs)
+    itl = min((a[-1] - a[0]) / (48 - 1) for a, _, _ in runs)
     # Defaults: 2.5 ms + 64 x 0.18 ms = 14 ms to the first token, 2.9 ms per token alone in the batch.
     assert 0.012 < ttft < 0.080, ttft
     assert 0.0025 < itl < 0.008, itl

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import statistics
 import time
 import urllib.parse
 from pathlib import Path
@@ -95,9 +96,11 @@ def test_gateway_streams_tokens_as_they_come(running):
     for name, rows in records.items():
         ok = [r for r in rows if r["outcome"] == "ok"]
         assert len(ok) == len(rows) == 6, (name, [r["outcome"] for r in rows])
+        # 48 tokens at a few ms each: the first one must arrive well before the last. A buffering gateway delays
+        # every stream; a stall of the shared host can delay one request's first token, so the median is graded.
+        shares = sorted(r["ttft_s"] / r["e2e_s"] for r in ok)
+        assert statistics.median(shares) < 0.5, (name, shares)
         for r in ok:
-            # 48 tokens at a few ms each: the first one must arrive well before the last.
-            assert r["ttft_s"] < 0.5 * r["e2e_s"], (name, r["ttft_s"], r["e2e_s"])
             assert max(r["itl_s"]) > 0.001, (name, "every gap under 1 ms: the stream arrived in one burst")
 
 
