@@ -27,14 +27,10 @@ from forge.reference_stack import stack
 CHECK_BUDGET_S = 2 * 0.2 + 1.5
 
 
-def _need_stack() -> None:
-    need_stack_binaries()
-
-
 @pytest.fixture(scope="module")
 def gameday(tmp_path_factory):
     """One run of the bundled experiment through the CLI (about 45 s); the tests read its journal."""
-    _need_stack()
+    need_stack_binaries()
     journal_path = tmp_path_factory.mktemp("gpu-fault") / "journal.json"
     started = time.monotonic()
     result = CliRunner().invoke(app, ["run", "gpu-fault", "--journal", str(journal_path)])
@@ -177,7 +173,7 @@ def test_real_vllm_engine_core_killed_replica_removed_alerted_restarted(tmp_path
     from forge.reference_stack import model_build
     from forge.reference_stack.vllm_engine import REPO_ROOT, vllm_python
 
-    _need_stack()
+    need_stack_binaries()
     if not vllm_python().exists():
         pytest.fail(f"{vllm_python()} missing — run `make vllm` first", pytrace=False)
     model_dir = model_build.ensure_built(vllm_python(), REPO_ROOT / model_build.DEFAULT_MODEL_DIR)
@@ -236,7 +232,7 @@ def _call(name: str, module: str, func: str, **arguments) -> dict:
 @pytest.mark.timeout(120)
 def test_supervisor_drains_and_restarts_a_hung_simulator_replica(tmp_path):
     """The watchdog -> supervisor path without vLLM: the simulator's hang fault (tokens frozen, /health 200)."""
-    _need_stack()
+    need_stack_binaries()
     experiment = _supervised_stack_experiment([
         _call("hang", "forge.chaos.actions", "inject_fault", replica=1, mode="hang", require_running=True),
         _call("detect", "forge.chaos.actions", "await_hang_detection", replica=1, timeout_seconds=15),
@@ -260,7 +256,7 @@ def test_supervisor_drains_and_restarts_a_hung_simulator_replica(tmp_path):
 def test_supervisor_retries_with_backoff_then_gives_up(tmp_path):
     """A replica that never comes back healthy (a start budget no engine meets): max_restarts attempts, the pause
     between them doubling from backoff_seconds, then `given-up` (the server stays drained)."""
-    _need_stack()
+    need_stack_binaries()
     experiment = _supervised_stack_experiment([
         _call("kill", "forge.chaos.supervisor", "kill_engine", replica=1),
         _call("down", "forge.chaos.supervisor", "await_gateway_out", replica=1, statuses=["DOWN"]),
