@@ -690,10 +690,17 @@ def await_alert(lab: Lab, alert: str, replica: int, timeout_seconds: float = 60,
 
 def await_alerts_clear(lab: Lab, replica: int, alerts: Sequence[str], timeout_seconds: float = 30,
                        phase: str | None = None) -> dict[str, Any]:
-    """Wait until Prometheus has none of `alerts` pending or firing for the replica: the next fault's alert is then
-    a new episode, not the tail of an earlier one (an engine restarted seconds ago may still have one)."""
+    """Wait until none of `alerts` is active for the replica, in Prometheus and at the receiver: the next fault's
+    alert is then a new episode, not the tail of an earlier one (an engine restarted seconds ago may still have one).
+
+    Prometheus clearing is not enough. Alertmanager sends the resolved notification only at the group's next flush
+    (group_interval later); an alert with the same labels firing again before that flush matches the firing set it
+    last notified, so Alertmanager stays silent until repeat_interval — the new episode would never arrive. Hence:
+    every alert the receiver last saw firing must have been seen resolved."""
     if (skipped := _skipped(lab, phase)) is not None:
         return skipped
+    from forge.reference_stack.receiver import alert_events
+
     r = _replica(lab, replica)
     names = "|".join(alerts)
     query = f'ALERTS{{alertname=~"{names}",replica="{r.server}"}}'
@@ -702,7 +709,15 @@ def await_alerts_clear(lab: Lab, replica: int, alerts: Sequence[str], timeout_se
     while time.monotonic() - started < timeout_seconds:
         answer = httpx.get(lab.stack.prometheus_url + "/api/v1/query", params={"query": query}, timeout=5,
                            trust_env=False).json()
-        active = [f"{s['metric']['alertname']} ({s['metric'].get('alertstate')})" for s in answer["data"]["result"]]
+        active = [f"{s['metric']['alertname']} ({s['metric'].get('alertstate')}, Prometheus)"
+                  for s in answer["data"]["result"]]
+        # One Alertmanager group per label set (group_by '...'); the receiver's file is in arrival order.
+        last_status: dict[tuple, tuple[str, str]] = {}
+        for event in alert_events(lab.stack.receiver_file):
+            if event["alertname"] in alerts and event["labels"].get("replica") == r.server:
+                last_status[tuple(sorted(event["labels"].items()))] = (event["alertname"], event["status"])
+        active += [f"{name} (notified firing, resolved not yet notified)"
+                   for name, status in last_status.values() if status == "firing"]
         if not active:
             return {"replica": r.server, "waited_seconds": round(time.monotonic() - started, 3)}
         time.sleep(0.5)
