@@ -14,8 +14,9 @@ notices"; Google Cloud docs, "Preemptible VM instances — preemption process".
 Without an agent the engine is stopped when the notice runs out (vLLM's default --shutdown-timeout 0 cuts every
 in-flight stream). With it: the replica is set to `drain` at HAProxy (no new requests, the ones it holds go on),
 the agent waits until HAProxy's `scur` and the engine's running/waiting gauges are 0, then SIGTERMs the engine's
-process group (by the pid the stack started) and gives it at most notice − drain so far − safety margin to exit
-before SIGKILL — `shutdown_timeout_for_notice`. The engine's own --shutdown-timeout should fit that too: the lab
+process group (by the pid the stack started) and gives it notice − drain so far − safety margin to exit
+(`shutdown_timeout_for_notice`, whole seconds as vLLM takes them); SIGKILL comes SIGKILL_S before the margin begins,
+so even an engine that ignores SIGTERM is gone with the whole margin left. The engine's own --shutdown-timeout should fit that too: the lab
 starts engines with `shutdown_timeout_seconds: fit-notice` (notice − margin).
 
 The activities at the end are what `chaos/experiments/spot-interruption.yaml` calls (runner lab: stack).
@@ -58,6 +59,7 @@ DEFAULT_SAFETY_MARGIN_S = 5.0
 MIN_SHUTDOWN_S = 1.0          # the drain wait leaves the engine at least this long to exit before the margin
 LOST_OUTCOMES = ("lost_mid_stream", "connect_error", "timeout")
 POLL_S = 0.05
+SIGKILL_S = 0.5               # SIGKILL to the process group gone (a CI run's vLLM: 0.17 s)
 
 
 def shutdown_timeout_for_notice(notice_seconds: float, drained_seconds: float, margin_seconds: float) -> int:
@@ -335,7 +337,7 @@ class DrainReport:
     inflight_at_notice: int               # HAProxy scur of the server when the drain began
     drain_seconds: float = 0.0            # notice seen -> nothing in flight
     drained_clean: bool = True            # False: the drain wait hit its bound with requests still in flight
-    shutdown_budget_seconds: int = 0      # notice - drain so far - margin, at SIGTERM: SIGKILL after that
+    shutdown_budget_seconds: int = 0      # notice - drain so far - margin, at SIGTERM (whole seconds)
     engine_shutdown_timeout_seconds: int | None = None   # the engine's own --shutdown-timeout, set at its start
     stop_seconds: float | None = None     # SIGTERM -> process group gone
     killed: bool = False                  # SIGKILL was needed at the end of the budget
@@ -452,8 +454,11 @@ class DrainAgent:
         terminated = time.monotonic()
         if not t.signal(signal.SIGTERM):
             report.errors.append("the engine was already gone at SIGTERM")
-        # The budget bounds the engine's exit whatever its own --shutdown-timeout says: the cloud will not wait.
-        if not t.wait_exit(report.shutdown_budget_seconds + 0.5):
+        # The notice bounds the engine's exit whatever its own --shutdown-timeout says: the cloud will not wait.
+        # SIGKILL early enough that the group is gone before the safety margin begins, not just after the
+        # whole-second budget (one CI run's vLLM ignored SIGTERM; a kill at budget + 0.5 s left 4.7 s of a 5 s margin).
+        kill_after = notice.deadline - self.safety_margin_s - SIGKILL_S - terminated
+        if not t.wait_exit(max(0.0, kill_after)):
             report.killed = True
             t.signal(signal.SIGKILL)
             t.wait_exit(10)

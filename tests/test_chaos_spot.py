@@ -26,7 +26,8 @@ from forge.chaos.cli import app
 from forge.chaos.journal import Journal
 from forge.chaos.runner import Lab, list_experiments, load_experiment
 from forge.chaos.spot import (AWS_ACTION_PATH, AWS_TOKEN_HEADER, AWS_TOKEN_PATH, AWS_TOKEN_TTL_HEADER,
-                              GCP_PREEMPTED_PATH, MetadataEndpoint, NoticeClient, shutdown_timeout_for_notice)
+                              DrainAgent, DrainTarget, GCP_PREEMPTED_PATH, MetadataEndpoint, Notice, NoticeClient,
+                              shutdown_timeout_for_notice)
 from forge.reference_stack import stack
 from forge.reference_stack.simulator.server import READY_LINE
 
@@ -118,6 +119,51 @@ def test_shutdown_timeout_fits_the_notice():
     lab = Lab({"notice_seconds": 8, "safety_margin_seconds": 2}, Journal(experiment={}))
     assert lab.resolve_shutdown_timeout("fit-notice") == 6 and lab.resolve_shutdown_timeout(None) is None
     assert Lab({"provider": "gcp"}, Journal(experiment={})).resolve_shutdown_timeout("fit-notice") == 25
+
+
+class _NoGateway:
+    """A gateway with nothing on it: the drain below is about the engine's exit, not HAProxy."""
+
+    def drain(self, server: str) -> None:
+        pass
+
+    def stat_rows(self) -> list[dict]:
+        return []
+
+
+def test_an_engine_that_ignores_sigterm_is_killed_before_the_safety_margin_begins():
+    # A real process group that ignores SIGTERM, as one CI run's vLLM effectively did. The whole-second budget is
+    # floor(4.5 - drain - 1) = 3 s; a SIGKILL after it (+ slack) would leave less than the 1 s margin of the notice.
+    engine = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                               "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert engine.stdout.readline() == "ready\n"  # the handler is in place
+
+        def signal_engine(sig: int) -> bool:
+            os.killpg(engine.pid, sig)
+            return True
+
+        def wait_exit(timeout_s: float) -> bool:
+            try:
+                engine.wait(timeout_s)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+
+        target = DrainTarget(server="s0", engine_url="http://127.0.0.1:9", gateway=_NoGateway(),
+                             signal=signal_engine, wait_exit=wait_exit)
+        agent = DrainAgent(NoticeClient("aws", "http://127.0.0.1:9"), target, safety_margin_s=1)
+        now = time.monotonic()
+        report = agent.drain(Notice("aws", seen_at=now, deadline=now + 4.5, action="terminate", raw=""))
+        agent.client.close()
+        assert report.killed is True and report.shutdown_budget_seconds == 3
+        assert engine.poll() is not None
+        assert 1 < report.seconds_left_at_exit < 1 + 1.0, report.as_dict()  # gone with the margin left, not early
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
 
 
 # ------------------------------------------------------------------------------------------ simulator SIGTERM
