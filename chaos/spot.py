@@ -16,8 +16,8 @@ in-flight stream). With it: the replica is set to `drain` at HAProxy (no new req
 the agent waits until HAProxy's `scur` and the engine's running/waiting gauges are 0, then SIGTERMs the engine's
 process group (by the pid the stack started) and gives it notice − drain so far − safety margin to exit
 (`shutdown_timeout_for_notice`, whole seconds as vLLM takes them); SIGKILL comes SIGKILL_S before the margin begins,
-so even an engine that ignores SIGTERM is gone with the whole margin left. The engine's own --shutdown-timeout should fit that too: the lab
-starts engines with `shutdown_timeout_seconds: fit-notice` (notice − margin).
+so even an engine that ignores SIGTERM is gone with the whole margin left. The engine's own --shutdown-timeout
+should fit that too: the lab starts engines with `shutdown_timeout_seconds: fit-notice` (notice − margin).
 
 The activities at the end are what `chaos/experiments/spot-interruption.yaml` calls (runner lab: stack).
 """
@@ -340,7 +340,7 @@ class DrainReport:
     shutdown_budget_seconds: int = 0      # notice - drain so far - margin, at SIGTERM (whole seconds)
     engine_shutdown_timeout_seconds: int | None = None   # the engine's own --shutdown-timeout, set at its start
     stop_seconds: float | None = None     # SIGTERM -> process group gone
-    killed: bool = False                  # SIGKILL was needed at the end of the budget
+    killed: bool = False                  # SIGKILL was needed (SIGKILL_S before the margin)
     seconds_left_at_exit: float | None = None   # notice deadline - engine gone (> margin when all went well)
     errors: list[str] = field(default_factory=list)
 
